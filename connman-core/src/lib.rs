@@ -1,0 +1,51 @@
+//! The runtime-free vocabulary of connman.
+//!
+//! connman keeps network connections alive, shared and drained. This crate holds what every other connman crate
+//! speaks, and no async runtime: it compiles without tokio, and its logic takes the current instant as an argument
+//! instead of reading a clock.
+//!
+//! * [`backoff`]: pure schedules of delays between attempts, with presets of well-known systems.
+//! * [`lifecycle`]: the one state machine of a supervised connection; every crate that reconnects drives it.
+//! * [`refhandle`]: handles that count their holders and tell the owner when the last one is gone.
+//! * [`transport`]: how to connect, as any `tower_service::Service<Target>`.
+//! * [`error`]: one small type per failure mode, carried as [`error::BoxError`] between layers.
+//!
+//! Where it sits:
+//!
+//! ```text
+//! connman-core    (this crate: no runtime)
+//!  ├─ connman-tcp    TCP connector, supervised Connection, pipelined client
+//!  │   └─ connman-ws  WebSocket over any IO transport
+//!  ├─ connman-queue  Reconnect, Queue, Heartbeat tower layers
+//!  └─ connman-pool   Registry, Pool, Group, Drain
+//! ```
+//!
+//! A lifecycle driven by hand, as a runtime crate drives it:
+//!
+//! ```
+//! use connman_core::backoff::presets;
+//! use connman_core::lifecycle::{Action, FailureKind, Lifecycle};
+//! use std::time::{Duration, Instant};
+//!
+//! let t0 = Instant::now();
+//! let mut lc = Lifecycle::new(presets::connman());
+//! lc.start(t0);
+//! let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+//! // connman waits 20 ms after the first failure.
+//! assert_eq!(
+//!     lc.connect_failed(t0, refused, FailureKind::Retriable),
+//!     Some(Action::Wait { until: t0 + Duration::from_millis(20) })
+//! );
+//! ```
+
+pub mod backoff;
+pub mod error;
+pub mod lifecycle;
+pub mod refhandle;
+pub mod transport;
+
+pub use backoff::Backoff;
+pub use error::BoxError;
+pub use lifecycle::{Event, Lifecycle, State};
+pub use refhandle::{RefCounted, RefHandle};
+pub use transport::Transport;
