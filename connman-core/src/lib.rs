@@ -41,6 +41,7 @@
 pub mod backoff;
 pub mod error;
 pub mod lifecycle;
+pub mod member;
 pub mod refhandle;
 pub mod transport;
 

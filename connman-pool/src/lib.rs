@@ -1,1 +1,6 @@
-//! Placeholder.
+//! Sharing, groups and drain for connman.
+
+pub mod drain;
+pub mod group;
+pub mod pool;
+pub mod registry;

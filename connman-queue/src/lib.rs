@@ -1,1 +1,1 @@
-//! Placeholder.
+//! Reconnect, Queue and Heartbeat tower layers for connman.

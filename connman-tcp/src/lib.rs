@@ -1,1 +1,1 @@
-//! Placeholder.
+//! Supervised, reconnecting TCP connections for connman.

@@ -1,1 +1,6 @@
-//! Placeholder.
+//! Test support for connman's cross-crate scenarios: a flaky echo server, a fault-injecting proxy and the
+//! "nothing lost" checker. Not published.
+
+pub mod checker;
+pub mod flaky;
+pub mod proxy;

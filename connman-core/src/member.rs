@@ -1,0 +1,1 @@
+//! Members of a group: anything that takes messages and can be closed.

@@ -1,0 +1,1 @@
+//! The "nothing lost" checker of RELIABILITY.md.

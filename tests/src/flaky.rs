@@ -1,0 +1,1 @@
+//! A flaky echo server, like the connman seed's `runTest.sh`.
