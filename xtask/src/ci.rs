@@ -1,0 +1,114 @@
+//! `cargo xtask ci`: every check CI runs, in order, stopping at the first failure.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+
+use crate::{cargo, step};
+
+pub(crate) fn run(_args: &[String]) -> Result<(), String> {
+    step("format", cargo().args(["fmt", "--all", "--check"]))?;
+    crate::tidy::run()?;
+    step(
+        "clippy",
+        cargo().args(["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]),
+    )?;
+    step(
+        "rustdoc",
+        cargo()
+            .args(["doc", "--workspace", "--no-deps", "--locked"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    )?;
+    core_has_no_runtime()?;
+    let (passed, failed) = tests()?;
+    loom()?;
+    step(
+        "benchmarks, quick smoke run",
+        cargo().args(["xtask", "bench", "--quick", "--no-write"]),
+    )?;
+    eprintln!("\nci: every step passed");
+    println!("tests: {passed} passed, {failed} failed");
+    Ok(())
+}
+
+/// connman-core must build without an async runtime.
+fn core_has_no_runtime() -> Result<(), String> {
+    eprintln!("\n==> connman-core depends on no runtime");
+    let out = cargo()
+        .args(["tree", "-p", "connman-core", "-e", "normal", "--prefix", "none", "--locked"])
+        .output()
+        .map_err(|e| format!("cargo tree: {e}"))?;
+    if !out.status.success() {
+        return Err("cargo tree failed".into());
+    }
+    let tree = String::from_utf8_lossy(&out.stdout);
+    let runtimes = ["tokio ", "async-std ", "smol "];
+    if let Some(line) = tree.lines().find(|l| runtimes.iter().any(|r| l.starts_with(r))) {
+        return Err(format!("connman-core depends on a runtime: {line}"));
+    }
+    eprintln!("ok: {} crates, none of them a runtime", tree.lines().count());
+    Ok(())
+}
+
+/// Runs every test of the workspace, doc tests included, and sums the results.
+fn tests() -> Result<(u64, u64), String> {
+    eprintln!("\n==> tests");
+    let mut child = cargo()
+        .args(["test", "--workspace", "--locked", "--no-fail-fast"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cargo test: {e}"))?;
+    let (mut passed, mut failed) = (0, 0);
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                passed += count(rest, " passed");
+                failed += count(rest, " failed");
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| format!("cargo test: {e}"))?;
+    if !status.success() || failed > 0 {
+        println!("tests: {passed} passed, {failed} failed");
+        return Err(format!("tests failed ({failed} failed)"));
+    }
+    Ok((passed, failed))
+}
+
+/// The number before `what` in a libtest summary such as `ok. 12 passed; 0 failed; ...`.
+fn count(summary: &str, what: &str) -> u64 {
+    summary
+        .split(';')
+        .find_map(|part| part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(what.trim_start()))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The loom models, in their own target dir (the `loom` cfg rebuilds everything it touches).
+fn loom() -> Result<(), String> {
+    let target = crate::root().join("target").join("loom");
+    for package in ["connman-core", "connman-pool"] {
+        step(
+            &format!("loom models of {package}"),
+            cargo()
+                .args(["test", "-p", package, "--lib", "--release", "--locked", "loom"])
+                .env("RUSTFLAGS", "--cfg loom")
+                .env("LOOM_MAX_PREEMPTIONS", "2")
+                .env("CARGO_TARGET_DIR", &target),
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count;
+
+    #[test]
+    fn counts_libtest_summaries() {
+        let s = "ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.00s";
+        assert_eq!(count(s, " passed"), 12);
+        assert_eq!(count(s, " failed"), 0);
+        assert_eq!(count("FAILED. 3 passed; 2 failed; 0 ignored", " failed"), 2);
+    }
+}
