@@ -43,6 +43,7 @@ pub mod error;
 pub mod lifecycle;
 pub mod member;
 pub mod refhandle;
+pub mod supervise;
 pub mod transport;
 
 pub use backoff::Backoff;
