@@ -1,0 +1,310 @@
+//! Draining a group: stop admitting, then close every member at a global rate or over a window.
+//!
+//! [`Group::drain`] first stops admitting (a new [`Group::add`] fails with
+//! [`Draining`](connman_core::error::Draining), and every [`DrainSignal`] of the group fires), then closes members:
+//!
+//! * [`DrainConfig::max_per_second`]`(r)`: in batches of at most `r`, one batch per second, across all namespaces
+//!   together. `n` members take `⌈n/r⌉` batches, the last one starting `⌈n/r⌉ − 1` seconds after the first, and no
+//!   1-second window ever sees more than `r` closes begin.
+//! * [`DrainConfig::over`]`(window)`: spread evenly over the window (Envoy's gradual drain): member `i` of `n` is
+//!   closed at `i · window / n`.
+//!
+//! Members are closed oldest first, by the time they joined, whatever their namespace: the order is the same on every
+//! run, and each namespace is drained in proportion to its size (round-robin across namespaces would close a small
+//! namespace's members much sooner than a large one's). The default close code is
+//! [`CloseCode::RECONNECT`] (4200, "reconnect shortly"), as soketi uses when it shuts down.
+//!
+//! The [`Drain`] future resolves when the last member has left the group; [`Drain::progress`] watches it.
+//!
+//! ```
+//! use connman_pool::drain::DrainConfig;
+//! use connman_pool::group::{Group, channel};
+//! use std::time::Duration;
+//! use tokio::time::Instant;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let group = Group::new();
+//! let mut peers = Vec::new();
+//! for i in 0..5 {
+//!     let (member, peer) = channel(4);
+//!     let ns = if i % 2 == 0 { "even" } else { "odd" };
+//!     group.add(ns, i.to_string(), member).unwrap();
+//!     peers.push(peer);
+//! }
+//!
+//! let start = Instant::now();
+//! let drain = group.drain(DrainConfig::max_per_second(2).unwrap()).unwrap();
+//! let progress = drain.progress();
+//! // Already draining: no one joins any more.
+//! let (late, _peer) = channel(4);
+//! assert!(group.add("even", "late", late).is_err());
+//!
+//! let report = drain.await;
+//! // 5 members at 2 per second: batches at 0 s, 1 s and 2 s.
+//! assert_eq!(start.elapsed(), Duration::from_secs(2));
+//! assert_eq!((report.total, report.closed), (5, 5));
+//! assert_eq!(progress.borrow().closed, 5);
+//! assert!(group.is_empty());
+//! # }
+//! ```
+//!
+//! [`DrainLayer`] puts the same signal in front of any tower service: once draining has begun it rejects new requests
+//! with [`Draining`](connman_core::error::Draining).
+
+mod future;
+mod layer;
+mod service;
+
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use connman_core::error::{Draining as DrainingError, InvalidConfig};
+use connman_core::member::CloseCode;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep_until};
+
+use crate::group::Group;
+use crate::group::slot::Slot;
+
+pub use future::ResponseFuture;
+pub use layer::DrainLayer;
+pub use service::Draining;
+
+/// How fast a drain closes members, with which code and reason.
+///
+/// ```
+/// use connman_core::error::InvalidConfig;
+/// use connman_core::member::CloseCode;
+/// use connman_pool::drain::DrainConfig;
+/// use std::time::Duration;
+///
+/// let paced = DrainConfig::max_per_second(1000).unwrap().with_code(CloseCode::GOING_AWAY);
+/// assert_eq!(paced.code(), CloseCode::GOING_AWAY);
+/// let gradual = DrainConfig::over(Duration::from_secs(30)).unwrap();
+/// assert_eq!(gradual.reason(), "server closing, reconnect shortly");
+/// assert!(DrainConfig::max_per_second(0).is_err());
+/// ```
+#[derive(Debug, Clone)]
+pub struct DrainConfig {
+    pace: Pace,
+    code: CloseCode,
+    reason: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Pace {
+    PerSecond(NonZeroU32),
+    Over(Duration),
+}
+
+impl DrainConfig {
+    /// Closes at most `max_per_second` members in any 1-second window, across all namespaces. Zero is rejected.
+    pub fn max_per_second(max_per_second: u32) -> Result<Self, InvalidConfig> {
+        let rate = NonZeroU32::new(max_per_second)
+            .ok_or(InvalidConfig::new("max_per_second must be at least 1"))?;
+        Ok(Self::with_pace(Pace::PerSecond(rate)))
+    }
+
+    /// Spreads the closes evenly over `window` (Envoy's gradual drain). A zero window is rejected: use
+    /// [`Group::close_all`] to close everything at once.
+    pub fn over(window: Duration) -> Result<Self, InvalidConfig> {
+        if window.is_zero() {
+            return Err(InvalidConfig::new("the drain window must be longer than zero"));
+        }
+        Ok(Self::with_pace(Pace::Over(window)))
+    }
+
+    /// Closes with `code` instead of [`CloseCode::RECONNECT`].
+    pub fn with_code(mut self, code: CloseCode) -> Self {
+        self.code = code;
+        self
+    }
+
+    /// Closes with `reason` instead of `"server closing, reconnect shortly"`.
+    pub fn with_reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = reason.into();
+        self
+    }
+
+    /// The close code.
+    pub fn code(&self) -> CloseCode {
+        self.code
+    }
+
+    /// The close reason.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    fn with_pace(pace: Pace) -> Self {
+        Self {
+            pace,
+            code: CloseCode::RECONNECT,
+            reason: "server closing, reconnect shortly".to_owned(),
+        }
+    }
+
+    /// When the close of the member at `index` (of `total`) is due, `started` closes having been started.
+    fn due(&self, start: Instant, index: usize, started: u64, total: usize) -> Instant {
+        match self.pace {
+            Pace::PerSecond(rate) => {
+                start + Duration::from_secs(started / u64::from(rate.get()))
+            }
+            Pace::Over(window) => start + window.mul_f64(index as f64 / total as f64),
+        }
+    }
+}
+
+/// How far a drain is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DrainProgress {
+    /// Members in the group when the drain began.
+    pub total: usize,
+    /// Closes the drain started (members already closing are not counted).
+    pub started: usize,
+    /// Members that have left the group since, by the drain's close or otherwise.
+    pub closed: usize,
+}
+
+/// A drain under way: resolves with the final [`DrainProgress`] once every member has left the group.
+///
+/// It closes members while it is polled; admission stopped already when [`Group::drain`] returned.
+#[must_use = "a drain closes members only while it is polled"]
+pub struct Drain {
+    run: Pin<Box<dyn Future<Output = DrainProgress> + Send>>,
+    progress: watch::Receiver<DrainProgress>,
+}
+
+impl Drain {
+    /// Watches the drain's progress.
+    pub fn progress(&self) -> watch::Receiver<DrainProgress> {
+        self.progress.clone()
+    }
+}
+
+impl Future for Drain {
+    type Output = DrainProgress;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<DrainProgress> {
+        self.run.as_mut().poll(cx)
+    }
+}
+
+impl std::fmt::Debug for Drain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Drain")
+            .field("progress", &*self.progress.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Group {
+    /// Stops admitting members at once, and returns the drain that closes them as `config` says.
+    ///
+    /// Fails with [`Draining`](connman_core::error::Draining) if a drain already began: two drains would together
+    /// exceed the rate.
+    pub fn drain(&self, config: DrainConfig) -> Result<Drain, DrainingError> {
+        let slots = self.inner.begin_drain().ok_or(DrainingError::new())?;
+        let close_timeout = self.inner.config.close_timeout();
+        let (tx, rx) = watch::channel(DrainProgress {
+            total: slots.len(),
+            ..DrainProgress::default()
+        });
+        Ok(Drain {
+            run: Box::pin(run(slots, config, close_timeout, tx)),
+            progress: rx,
+        })
+    }
+}
+
+/// Stops a group's admissions: the sending half of a [`DrainSignal`].
+#[derive(Debug)]
+pub struct DrainTrigger {
+    tx: watch::Sender<bool>,
+}
+
+impl DrainTrigger {
+    /// Starts draining: every signal fires. Calling it again does nothing more.
+    pub fn start(&self) {
+        self.tx.send_replace(true);
+    }
+}
+
+/// Tells whether draining has begun. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct DrainSignal {
+    rx: watch::Receiver<bool>,
+}
+
+impl DrainSignal {
+    /// Whether draining has begun.
+    pub fn is_draining(&self) -> bool {
+        *self.rx.borrow()
+    }
+
+    /// Resolves once draining has begun, or once its trigger is gone without starting (it never will then).
+    pub async fn wait(&self) {
+        let mut rx = self.rx.clone();
+        // An error means the trigger is gone: nothing will change any more.
+        let _ = rx.wait_for(|draining| *draining).await;
+    }
+}
+
+/// A trigger and its signal, for putting [`DrainLayer`] in front of services without a group.
+///
+/// ```
+/// let (trigger, signal) = connman_pool::drain::signal();
+/// assert!(!signal.is_draining());
+/// trigger.start();
+/// assert!(signal.is_draining());
+/// ```
+pub fn signal() -> (DrainTrigger, DrainSignal) {
+    let (tx, rx) = watch::channel(false);
+    (DrainTrigger { tx }, DrainSignal { rx })
+}
+
+async fn run(
+    slots: Vec<Arc<Slot>>,
+    config: DrainConfig,
+    close_timeout: Duration,
+    progress: watch::Sender<DrainProgress>,
+) -> DrainProgress {
+    let start = Instant::now();
+    let total = slots.len();
+    let mut state = DrainProgress {
+        total,
+        ..DrainProgress::default()
+    };
+    let mut left = FuturesUnordered::new();
+    let mut next = 0;
+    let mut started = 0u64;
+    loop {
+        let now = Instant::now();
+        while next < total && config.due(start, next, started, total) <= now {
+            let slot = &slots[next];
+            next += 1;
+            if slot.begin_close(config.code, &config.reason, now, close_timeout) {
+                started += 1;
+                state.started += 1;
+            }
+            left.push(slot.done.clone().cancelled_owned());
+        }
+        progress.send_replace(state);
+        if next == total && left.is_empty() {
+            return state;
+        }
+        let wake = (next < total).then(|| config.due(start, next, started, total));
+        tokio::select! {
+            Some(()) = left.next(), if !left.is_empty() => state.closed += 1,
+            () = sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
+        }
+    }
+}

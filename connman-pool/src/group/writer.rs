@@ -1,0 +1,187 @@
+//! The writer task of one member: feeds queued messages until the queue is empty, then flushes once.
+//!
+//! One task per member keeps a slow member from holding up anyone else, and coalesces writes: a burst of broadcasts
+//! becomes one batch of `start_send`s and a single flush. The same task performs the member's close (flush first,
+//! then the close, all bounded by the close timeout) and its idle timeout, then takes the member out of the group.
+
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::pin::pin;
+use std::sync::{Arc, Weak};
+
+use bytes::Bytes;
+use connman_core::error::BoxError;
+use connman_core::member::{CloseCode, Member};
+use futures_util::SinkExt;
+use tokio::time::{Instant, sleep_until};
+
+use super::slot::{Phase, Slot, Step};
+use super::{Departure, Inner};
+
+/// Drives `member` for `slot` until it is closed, fails or is detached.
+pub(crate) async fn run<M>(member: M, slot: Arc<Slot>, group: Weak<Inner>)
+where
+    M: Member,
+    M::Error: Into<BoxError>,
+{
+    // Whatever ends this task (its end, a panic in the member, the runtime shutting down), the member leaves the
+    // group and its waiters hear it.
+    let mut exit = Exit {
+        slot: slot.clone(),
+        group,
+        departure: Departure::Failed,
+    };
+    let idle_timeout = exit
+        .group
+        .upgrade()
+        .and_then(|g| g.config.idle_timeout());
+    let mut member = pin!(member);
+    let mut batch: VecDeque<Bytes> = VecDeque::new();
+    let mut dirty = false;
+    exit.departure = loop {
+        match slot.take(&mut batch) {
+            Step::Feed => {
+                let fed = guarded(&slot, async {
+                    let mut n = 0;
+                    while let Some(msg) = batch.pop_front() {
+                        if let Err(e) = member.feed(msg).await {
+                            return (n, Err(e.into()));
+                        }
+                        n += 1;
+                    }
+                    (n, Ok(()))
+                })
+                .await;
+                dirty = true;
+                let left = batch.len() as u64;
+                batch.clear();
+                slot.count_dropped(left);
+                match fed {
+                    Some((n, Ok(()))) => slot.count_sent(n),
+                    Some((n, Err(e))) => {
+                        slot.count_sent(n);
+                        tracing::debug!(remote = ?slot.remote, error = %e, "member failed while sending");
+                        break Departure::Failed;
+                    }
+                    None => break stopped(&slot),
+                }
+            }
+            Step::Idle { .. } if dirty => {
+                dirty = false;
+                match guarded(&slot, member.flush()).await {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => {
+                        tracing::debug!(remote = ?slot.remote, error = %e.into(), "member failed to flush");
+                        break Departure::Failed;
+                    }
+                    None => break stopped(&slot),
+                }
+            }
+            Step::Idle {
+                phase: Phase::Detached,
+                ..
+            } => break Departure::Removed,
+            Step::Idle {
+                phase: Phase::Closing { code, reason, .. },
+                ..
+            } => break close(&slot, member.as_mut(), code, &reason).await,
+            Step::Idle {
+                phase: Phase::Open,
+                last_activity,
+            } => {
+                let idle_at = idle_timeout.map(|t| last_activity + t);
+                tokio::select! {
+                    () = slot.wake.notified() => {}
+                    () = sleep_until(idle_at.unwrap_or_else(Instant::now)), if idle_at.is_some() => {
+                        idle_expired(&slot, &exit.group, idle_timeout);
+                    }
+                }
+            }
+        }
+    };
+}
+
+/// Takes the member out of the group when its writer ends.
+struct Exit {
+    slot: Arc<Slot>,
+    group: Weak<Inner>,
+    departure: Departure,
+}
+
+impl Drop for Exit {
+    fn drop(&mut self) {
+        let left = self.slot.detach();
+        if left > 0 {
+            tracing::debug!(remote = ?self.slot.remote, left, "messages dropped with the member");
+        }
+        if let Some(group) = self.group.upgrade() {
+            group.depart(&self.slot, self.departure);
+        }
+        self.slot.done.cancel();
+    }
+}
+
+/// Flushes nothing more: sends the close and waits for it, within the close deadline.
+async fn close<M>(slot: &Slot, mut member: std::pin::Pin<&mut M>, code: CloseCode, reason: &str) -> Departure
+where
+    M: Member,
+    M::Error: Into<BoxError>,
+{
+    if let Err(e) = member.as_mut().start_close(code, reason) {
+        tracing::debug!(remote = ?slot.remote, error = %e.into(), "member failed to start its close");
+        return Departure::Failed;
+    }
+    match guarded(slot, poll_fn(|cx| member.as_mut().poll_close(cx))).await {
+        Some(Ok(())) => Departure::Closed(code),
+        Some(Err(e)) => {
+            tracing::debug!(remote = ?slot.remote, error = %e.into(), "member failed to close");
+            Departure::Failed
+        }
+        None => stopped(slot),
+    }
+}
+
+/// Why a guarded operation was cut short.
+fn stopped(slot: &Slot) -> Departure {
+    match slot.phase() {
+        Phase::Detached => Departure::Removed,
+        _ => Departure::CloseTimedOut,
+    }
+}
+
+/// Starts the idle close if nothing happened since the timer was armed.
+fn idle_expired(slot: &Slot, group: &Weak<Inner>, idle_timeout: Option<std::time::Duration>) {
+    let (Some(timeout), Some(group)) = (idle_timeout, group.upgrade()) else {
+        return;
+    };
+    let now = Instant::now();
+    if let Phase::Open = slot.phase()
+        && slot.idle_since(now) >= timeout
+    {
+        slot.begin_close(
+            CloseCode::IDLE_TIMEOUT,
+            "idle timeout",
+            now,
+            group.config.close_timeout(),
+        );
+    }
+}
+
+/// Runs `fut` until it completes, the member is detached, or its close deadline passes (`None` for the last two).
+async fn guarded<F: Future>(slot: &Slot, fut: F) -> Option<F::Output> {
+    let mut fut = pin!(fut);
+    loop {
+        let deadline = match slot.phase() {
+            Phase::Open => None,
+            Phase::Closing { deadline, .. } => Some(deadline),
+            Phase::Detached => return None,
+        };
+        tokio::select! {
+            biased;
+            out = &mut fut => return Some(out),
+            // A new message or a phase change: look at the phase again.
+            () = slot.wake.notified() => {}
+            () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => return None,
+        }
+    }
+}
