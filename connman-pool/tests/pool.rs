@@ -145,5 +145,6 @@ fn pool_mut_adds_to_an_existing_pool() {
     pools.create_pool("p").unwrap();
     pools.pool_mut("p").unwrap().add(f.make());
     assert!(pools.pool_mut("missing").is_none());
-    assert_eq!((&*pools.pool("p").unwrap()).into_iter().count(), 1);
+    let pool = pools.pool("p").unwrap();
+    assert_eq!(pool.into_iter().count(), 1);
 }
