@@ -116,7 +116,9 @@ impl DrainConfig {
     /// [`Group::close_all`] to close everything at once.
     pub fn over(window: Duration) -> Result<Self, InvalidConfig> {
         if window.is_zero() {
-            return Err(InvalidConfig::new("the drain window must be longer than zero"));
+            return Err(InvalidConfig::new(
+                "the drain window must be longer than zero",
+            ));
         }
         Ok(Self::with_pace(Pace::Over(window)))
     }
@@ -154,9 +156,7 @@ impl DrainConfig {
     /// When the close of the member at `index` (of `total`) is due, `started` closes having been started.
     fn due(&self, start: Instant, index: usize, started: u64, total: usize) -> Instant {
         match self.pace {
-            Pace::PerSecond(rate) => {
-                start + Duration::from_secs(started / u64::from(rate.get()))
-            }
+            Pace::PerSecond(rate) => start + Duration::from_secs(started / u64::from(rate.get())),
             Pace::Over(window) => start + window.mul_f64(index as f64 / total as f64),
         }
     }

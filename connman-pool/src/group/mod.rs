@@ -73,7 +73,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use connman_core::error::{BoxError, Closed, Draining, Duplicate, InvalidConfig, NotFound, Overloaded};
+use connman_core::error::{
+    BoxError, Closed, Draining, Duplicate, InvalidConfig, NotFound, Overloaded,
+};
 use connman_core::member::{CloseCode, Member};
 use pin_project::pin_project;
 use tokio::time::Instant;
@@ -358,7 +360,12 @@ impl Group {
     /// Queues `msg` for every open member of `namespace` except the ids in `except`, in the order they joined.
     ///
     /// The message is one shared buffer. A missing namespace is an empty summary (and is not created).
-    pub fn broadcast(&self, namespace: &str, msg: impl Into<Bytes>, except: &[&str]) -> BroadcastSummary {
+    pub fn broadcast(
+        &self,
+        namespace: &str,
+        msg: impl Into<Bytes>,
+        except: &[&str],
+    ) -> BroadcastSummary {
         let msg = msg.into();
         let mut summary = BroadcastSummary::default();
         let reg = self.inner.lock();
@@ -409,7 +416,12 @@ impl Group {
         reason: &str,
     ) -> Result<Closing, NotFound> {
         let slot = self.slot(namespace, id)?;
-        slot.begin_close(code, reason, Instant::now(), self.inner.config.close_timeout());
+        slot.begin_close(
+            code,
+            reason,
+            Instant::now(),
+            self.inner.config.close_timeout(),
+        );
         Ok(closing(&slot))
     }
 

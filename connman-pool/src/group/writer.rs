@@ -31,10 +31,7 @@ where
         group,
         departure: Departure::Failed,
     };
-    let idle_timeout = exit
-        .group
-        .upgrade()
-        .and_then(|g| g.config.idle_timeout());
+    let idle_timeout = exit.group.upgrade().and_then(|g| g.config.idle_timeout());
     let mut member = pin!(member);
     let mut batch: VecDeque<Bytes> = VecDeque::new();
     let mut dirty = false;
@@ -42,14 +39,11 @@ where
         match slot.take(&mut batch) {
             Step::Feed => {
                 let fed = guarded(&slot, async {
-                    let mut n = 0;
                     while let Some(msg) = batch.pop_front() {
-                        if let Err(e) = member.feed(msg).await {
-                            return (n, Err(e.into()));
-                        }
-                        n += 1;
+                        member.feed(msg).await.map_err(Into::into)?;
+                        slot.count_sent(1);
                     }
-                    (n, Ok(()))
+                    Ok::<(), BoxError>(())
                 })
                 .await;
                 dirty = true;
@@ -57,9 +51,8 @@ where
                 batch.clear();
                 slot.count_dropped(left);
                 match fed {
-                    Some((n, Ok(()))) => slot.count_sent(n),
-                    Some((n, Err(e))) => {
-                        slot.count_sent(n);
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => {
                         tracing::debug!(remote = ?slot.remote, error = %e, "member failed while sending");
                         break Departure::Failed;
                     }
@@ -122,7 +115,12 @@ impl Drop for Exit {
 }
 
 /// Flushes nothing more: sends the close and waits for it, within the close deadline.
-async fn close<M>(slot: &Slot, mut member: std::pin::Pin<&mut M>, code: CloseCode, reason: &str) -> Departure
+async fn close<M>(
+    slot: &Slot,
+    mut member: std::pin::Pin<&mut M>,
+    code: CloseCode,
+    reason: &str,
+) -> Departure
 where
     M: Member,
     M::Error: Into<BoxError>,
