@@ -4,3 +4,4 @@ pub mod drain;
 pub mod group;
 pub mod pool;
 pub mod registry;
+pub mod singleton;

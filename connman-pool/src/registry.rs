@@ -624,6 +624,10 @@ pub struct ConnectFailed {
 }
 
 impl ConnectFailed {
+    pub(crate) fn new(source: SharedError) -> Self {
+        Self { source }
+    }
+
     /// The connect function's error.
     pub fn error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
         &*self.source
