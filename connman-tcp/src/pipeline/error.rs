@@ -1,0 +1,125 @@
+//! [`PipelineError`]: why a pipelined connection died, or why one request could not be encoded.
+
+use std::error::Error;
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+
+use connman_core::error::{BoxError, SharedError};
+use tokio_util::codec::{AnyDelimiterCodecError, LinesCodecError};
+
+/// What went wrong on a [`Pipeline`](super::Pipeline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PipelineErrorKind {
+    /// The socket failed or the peer closed it.
+    LinkLost,
+    /// The peer sent bytes the codec rejected: malformed, or a frame over the codec's limit.
+    Codec,
+    /// The peer sent a response while no request was waiting for one.
+    Unsolicited,
+    /// The codec could not encode one request; the connection is unharmed.
+    Encode,
+    /// `call` without a successful `poll_ready` first.
+    NotReady,
+    /// The pipeline was shut down.
+    Closed,
+}
+
+/// Why a pipelined connection died (returned by `poll_ready` from then on), or why one request was refused.
+///
+/// Requests carry it as the [`source`](Error::source) of their [`NotSent`](connman_core::error::NotSent) or
+/// [`MaybeDelivered`](connman_core::error::MaybeDelivered) error. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct PipelineError {
+    kind: PipelineErrorKind,
+    source: Option<SharedError>,
+}
+
+impl PipelineError {
+    /// What went wrong.
+    pub const fn kind(&self) -> PipelineErrorKind {
+        self.kind
+    }
+
+    /// Whether the socket failed or the peer closed it.
+    pub const fn is_link_lost(&self) -> bool {
+        matches!(self.kind, PipelineErrorKind::LinkLost)
+    }
+
+    /// Whether the peer sent something the codec rejected (including a frame over its limit).
+    pub const fn is_codec(&self) -> bool {
+        matches!(self.kind, PipelineErrorKind::Codec)
+    }
+
+    /// Whether the peer answered a request nobody made.
+    pub const fn is_unsolicited(&self) -> bool {
+        matches!(self.kind, PipelineErrorKind::Unsolicited)
+    }
+
+    /// Whether one request could not be encoded.
+    pub const fn is_encode(&self) -> bool {
+        matches!(self.kind, PipelineErrorKind::Encode)
+    }
+
+    pub(crate) fn new(kind: PipelineErrorKind, source: Option<BoxError>) -> Self {
+        Self {
+            kind,
+            source: source.map(Arc::from),
+        }
+    }
+
+    pub(crate) fn closed() -> Self {
+        Self::new(PipelineErrorKind::Closed, None)
+    }
+
+    pub(crate) fn not_ready() -> Self {
+        Self::new(PipelineErrorKind::NotReady, None)
+    }
+
+    /// Sorts an error of the read side: I/O trouble is a lost link, anything else the codec's complaint.
+    pub(crate) fn from_decode(error: BoxError) -> Self {
+        let kind = if is_link_failure(&*error) {
+            PipelineErrorKind::LinkLost
+        } else {
+            PipelineErrorKind::Codec
+        };
+        Self::new(kind, Some(error))
+    }
+}
+
+impl fmt::Display for PipelineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.kind {
+            PipelineErrorKind::LinkLost => "pipeline link lost",
+            PipelineErrorKind::Codec => "peer sent an invalid frame",
+            PipelineErrorKind::Unsolicited => "peer sent a response nobody asked for",
+            PipelineErrorKind::Encode => "request could not be encoded",
+            PipelineErrorKind::NotReady => "call without poll_ready",
+            PipelineErrorKind::Closed => "pipeline closed",
+        })
+    }
+}
+
+impl Error for PipelineError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn Error + 'static))
+    }
+}
+
+/// Whether a codec error stands for a failed socket rather than bad bytes.
+///
+/// Codecs carry I/O errors inside their own error types; the ones of tokio-util are recognised. An `io::Error` of kind
+/// `InvalidData` is a codec's complaint (`LengthDelimitedCodec` reports an oversized frame that way).
+fn is_link_failure(error: &(dyn Error + 'static)) -> bool {
+    if let Some(e) = error.downcast_ref::<io::Error>() {
+        return e.kind() != io::ErrorKind::InvalidData;
+    }
+    matches!(
+        error.downcast_ref::<LinesCodecError>(),
+        Some(LinesCodecError::Io(_))
+    ) || matches!(
+        error.downcast_ref::<AnyDelimiterCodecError>(),
+        Some(AnyDelimiterCodecError::Io(_))
+    )
+}
