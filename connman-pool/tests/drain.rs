@@ -1,0 +1,327 @@
+//! `Drain` and `DrainLayer`: soketi's drain done as intended (SK-14…SK-17) and its shutdown (SS-01, SS-04).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use connman_core::error::{Draining as DrainingError, InvalidConfig};
+use connman_core::member::CloseCode;
+use connman_pool::drain::{DrainConfig, DrainLayer, DrainProgress};
+use connman_pool::group::{ChannelPeer, Frame, Group, channel};
+use tokio::time::{Instant, sleep};
+use tokio_test::{assert_pending, assert_ready};
+use tower_test::mock;
+
+/// Close instants and member names, in the order the peers saw their close.
+type Closes = Arc<Mutex<Vec<(Duration, String)>>>;
+
+/// Adds `n` members spread over `namespaces` (round-robin in join order) and records when each sees its close.
+fn populate(group: &Group, n: usize, namespaces: &[&str], start: Instant) -> Closes {
+    let closes: Closes = Arc::default();
+    for i in 0..n {
+        let ns = namespaces[i % namespaces.len()];
+        let (member, peer) = channel(4);
+        let name = format!("{ns}/{i}");
+        group.add(ns, i.to_string(), member).unwrap();
+        tokio::spawn(watch_close(peer, name, start, closes.clone()));
+    }
+    closes
+}
+
+async fn watch_close(mut peer: ChannelPeer, name: String, start: Instant, closes: Closes) {
+    while let Some(frame) = peer.recv().await {
+        if let Frame::Close(..) = frame {
+            closes.lock().unwrap().push((start.elapsed(), name));
+            return;
+        }
+    }
+}
+
+fn times(closes: &Closes) -> Vec<Duration> {
+    closes.lock().unwrap().iter().map(|(t, _)| *t).collect()
+}
+
+/// The most closes that began in any half-open window `[t, t + 1 s)`.
+fn max_in_any_second(times: &[Duration]) -> usize {
+    times
+        .iter()
+        .map(|&t| {
+            times
+                .iter()
+                .filter(|&&u| u >= t && u < t + Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn sk_14_drain_closes_in_batches_of_max_per_second_across_namespaces() {
+    let group = Group::new();
+    let start = Instant::now();
+    let closes = populate(&group, 10, &["a", "b", "c"], start);
+    let report = group
+        .drain(DrainConfig::max_per_second(3).unwrap())
+        .unwrap()
+        .await;
+    sleep(Duration::from_millis(1)).await;
+    let t = times(&closes);
+    assert_eq!(t.len(), 10);
+    // ⌈10/3⌉ = 4 batches, the last one 3 s after the first.
+    let secs: Vec<u64> = t.iter().map(Duration::as_secs).collect();
+    assert_eq!(secs, [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]);
+    assert!(*t.last().unwrap() >= Duration::from_secs(3));
+    assert!(max_in_any_second(&t) <= 3, "global cap across namespaces");
+    assert_eq!((report.total, report.started, report.closed), (10, 10, 10));
+    assert!(group.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn sk_14_drain_of_5000_at_1000_per_second_never_exceeds_the_rate() {
+    let group = Group::new();
+    let start = Instant::now();
+    let closes = populate(&group, 5000, &["x", "y"], start);
+    group
+        .drain(DrainConfig::max_per_second(1000).unwrap())
+        .unwrap()
+        .await;
+    assert_eq!(start.elapsed(), Duration::from_secs(4));
+    sleep(Duration::from_millis(1)).await;
+    let t = times(&closes);
+    assert_eq!(t.len(), 5000);
+    // Per second: exactly 1000 closes in each of the 5 windows, never more.
+    for k in 0..5 {
+        let in_k = t.iter().filter(|d| d.as_secs() == k).count();
+        assert_eq!(in_k, 1000, "second {k}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn sk_15_drain_resolves_only_after_the_last_close_is_done() {
+    let group = Group::new();
+    let start = Instant::now();
+    let _closes = populate(&group, 4, &["ns"], start);
+    let mut drain = tokio_test::task::spawn(
+        group
+            .drain(DrainConfig::max_per_second(2).unwrap())
+            .unwrap(),
+    );
+    let progress = drain.progress();
+    assert_pending!(drain.poll());
+    sleep(Duration::from_millis(500)).await;
+    assert_pending!(drain.poll());
+    assert_eq!(
+        *progress.borrow(),
+        progress_of(4, 2, 2),
+        "first batch closed, second not started"
+    );
+    assert_eq!(group.len(), 2);
+    sleep(Duration::from_millis(500)).await;
+    assert_pending!(drain.poll());
+    sleep(Duration::from_millis(1)).await;
+    let report = assert_ready!(drain.poll());
+    assert_eq!(report, progress_of(4, 4, 4));
+    assert!(group.is_empty());
+}
+
+fn progress_of(total: usize, started: usize, closed: usize) -> DrainProgress {
+    let mut p = DrainProgress::default();
+    p.total = total;
+    p.started = started;
+    p.closed = closed;
+    p
+}
+
+#[tokio::test(start_paused = true)]
+async fn sk_16_drain_order_is_global_fifo_by_join_time() {
+    let group = Group::new();
+    let start = Instant::now();
+    let closes = populate(&group, 6, &["big", "small", "big"], start);
+    group
+        .drain(DrainConfig::max_per_second(1).unwrap())
+        .unwrap()
+        .await;
+    sleep(Duration::from_millis(1)).await;
+    let order: Vec<String> = closes
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, n)| n.clone())
+        .collect();
+    assert_eq!(
+        order,
+        ["big/0", "small/1", "big/2", "big/3", "small/4", "big/5"]
+    );
+    assert_eq!(
+        times(&closes),
+        (0..6).map(Duration::from_secs).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn sk_17_max_per_second_of_zero_is_invalid_config() {
+    let err = DrainConfig::max_per_second(0).unwrap_err();
+    assert_eq!(err, InvalidConfig::new("max_per_second must be at least 1"));
+    assert!(DrainConfig::over(Duration::ZERO).is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn ss_01_drain_stops_admission_before_closing_anyone() {
+    let group = Group::new();
+    let start = Instant::now();
+    let closes = populate(&group, 2, &["ns"], start);
+    let signal = group.drain_signal();
+    assert!(!signal.is_draining());
+    let drain = group
+        .drain(DrainConfig::max_per_second(1).unwrap())
+        .unwrap();
+    // Not polled yet: nobody is closed, but nobody may join either.
+    assert!(signal.is_draining());
+    assert!(group.is_draining());
+    let (late, _peer) = channel(1);
+    let rejected = group.add("ns", "late", late).unwrap_err();
+    assert!(rejected.is::<DrainingError>());
+    let (late, _peer) = channel(1);
+    assert!(
+        group
+            .replace("ns", "0", late)
+            .unwrap_err()
+            .is::<DrainingError>()
+    );
+    sleep(Duration::from_millis(1)).await;
+    assert!(times(&closes).is_empty());
+    // A second drain would double the rate.
+    assert!(
+        group
+            .drain(DrainConfig::max_per_second(1).unwrap())
+            .is_err()
+    );
+    drain.await;
+    signal.wait().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn ss_04_drain_closes_with_4200_reconnect_shortly_by_default() {
+    let group = Group::new();
+    let (member, mut peer) = channel(4);
+    group.add("ns", "1", member).unwrap();
+    group.send("ns", "1", "last words").unwrap();
+    group
+        .drain(DrainConfig::max_per_second(10).unwrap())
+        .unwrap()
+        .await;
+    assert_eq!(peer.recv().await, Some(Frame::Message("last words".into())));
+    assert_eq!(
+        peer.recv().await,
+        Some(Frame::Close(
+            CloseCode::RECONNECT,
+            "server closing, reconnect shortly".into()
+        ))
+    );
+
+    let group = Group::new();
+    let (member, mut peer) = channel(4);
+    group.add("ns", "1", member).unwrap();
+    let config = DrainConfig::max_per_second(10)
+        .unwrap()
+        .with_code(CloseCode::RESTART)
+        .with_reason("restart");
+    group.drain(config).unwrap().await;
+    assert_eq!(
+        peer.recv().await,
+        Some(Frame::Close(CloseCode::RESTART, "restart".into()))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_over_a_window_spreads_closes_evenly() {
+    let group = Group::new();
+    let start = Instant::now();
+    let closes = populate(&group, 4, &["a", "b"], start);
+    group
+        .drain(DrainConfig::over(Duration::from_secs(8)).unwrap())
+        .unwrap()
+        .await;
+    sleep(Duration::from_millis(1)).await;
+    assert_eq!(
+        times(&closes),
+        [0, 2, 4, 6].map(Duration::from_secs).to_vec()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_skips_members_that_left_without_using_the_rate() {
+    let group = Group::new();
+    let start = Instant::now();
+    let closes = populate(&group, 4, &["ns"], start);
+    let drain = group
+        .drain(DrainConfig::max_per_second(1).unwrap())
+        .unwrap();
+    let progress = drain.progress();
+    group.remove("ns", "1").unwrap();
+    let _closing = group
+        .close("ns", "2", CloseCode::NORMAL, "own close")
+        .unwrap();
+    let report = drain.await;
+    sleep(Duration::from_millis(1)).await;
+    // Members 0 and 3 were closed by the drain, one second apart; 2 closed itself at once and 1 was removed.
+    let mut seen = closes.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            (Duration::ZERO, "ns/0".to_owned()),
+            (Duration::ZERO, "ns/2".to_owned()),
+            (Duration::from_secs(1), "ns/3".to_owned()),
+        ]
+    );
+    assert_eq!(report, progress_of(4, 2, 4));
+    assert_eq!(*progress.borrow(), report);
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_of_an_empty_group_resolves_at_once() {
+    let group = Group::new();
+    let report = group
+        .drain(DrainConfig::max_per_second(1).unwrap())
+        .unwrap()
+        .await;
+    assert_eq!(report, progress_of(0, 0, 0));
+}
+
+#[tokio::test]
+async fn drain_layer_rejects_new_work_once_draining_and_lets_admitted_work_finish() {
+    let group = Group::new();
+    let (mut svc, mut handle) =
+        mock::spawn_layer::<&'static str, &'static str, _>(DrainLayer::new(group.drain_signal()));
+
+    handle.allow(2);
+    assert_ready!(svc.poll_ready()).unwrap();
+    let mut admitted = tokio_test::task::spawn(svc.call("before"));
+    let (req, send) = handle.next_request().await.unwrap();
+    assert_eq!(req, "before");
+
+    let _drain = group
+        .drain(DrainConfig::max_per_second(1).unwrap())
+        .unwrap();
+    assert_ready!(svc.poll_ready()).unwrap();
+    let rejected = svc.call("after").await.unwrap_err();
+    assert!(rejected.is::<DrainingError>());
+
+    // The request admitted before the drain still completes.
+    assert_pending!(admitted.poll());
+    send.send_response("done");
+    assert_eq!(assert_ready!(admitted.poll()).unwrap(), "done");
+}
+
+#[tokio::test]
+async fn drain_layer_passes_inner_errors_through() {
+    let (_trigger, signal) = connman_pool::drain::signal();
+    let (mut svc, mut handle) = mock::spawn_layer::<(), (), _>(DrainLayer::new(signal));
+    handle.allow(1);
+    assert_ready!(svc.poll_ready()).unwrap();
+    let call = svc.call(());
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error(std::io::Error::other("inner failed"));
+    let err = call.await.unwrap_err();
+    assert!(err.is::<std::io::Error>());
+}
