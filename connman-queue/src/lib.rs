@@ -1,1 +1,5 @@
 //! Reconnect, Queue and Heartbeat tower layers for connman.
+
+pub mod heartbeat;
+pub mod queue;
+pub mod reconnect;

@@ -1,0 +1,287 @@
+//! The response future of [`Queue`](super::Queue).
+
+use std::error::Error;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, ready};
+
+use connman_core::error::{BoxError, Closed, Elapsed, LinkLost, MaybeDelivered, NotSent};
+use pin_project::{pin_project, pinned_drop};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+use super::shared::{Dispatch, Receiver, Shared};
+
+/// The response of a request sent through a [`Queue`](super::Queue).
+///
+/// Dropping it while the request is queued takes the request out: it is never sent.
+#[pin_project(PinnedDrop)]
+pub struct ResponseFuture<S: Service<Req>, Req> {
+    shared: Arc<Shared<S, Req>>,
+    #[pin]
+    state: State<S::Future, Req>,
+    ticket: Option<Ticket>,
+    seq: u64,
+    idempotent: bool,
+    deadline: Instant,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+/// The capacity and weight a request holds until it is answered.
+#[derive(Debug)]
+pub(crate) struct Ticket {
+    _permit: OwnedSemaphorePermit,
+    weight: usize,
+}
+
+impl Ticket {
+    pub(crate) fn new(permit: OwnedSemaphorePermit, weight: usize) -> Self {
+        Self {
+            _permit: permit,
+            weight,
+        }
+    }
+}
+
+#[pin_project(project = StateProj)]
+enum State<F, Req> {
+    Failed(Option<BoxError>),
+    InFlight {
+        #[pin]
+        fut: F,
+        req: Option<Req>,
+    },
+    Queued(Receiver<F, Req>),
+    Done,
+}
+
+/// What an inner error says about the request.
+enum Verdict {
+    NotSent,
+    MaybeDelivered,
+    Other,
+}
+
+impl<S, Req> ResponseFuture<S, Req>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    Req: Clone,
+{
+    pub(crate) fn failed(shared: Arc<Shared<S, Req>>, error: BoxError) -> Self {
+        Self::with_state(
+            shared,
+            None,
+            false,
+            Instant::now(),
+            0,
+            State::Failed(Some(error)),
+        )
+    }
+
+    pub(crate) fn sent(
+        shared: Arc<Shared<S, Req>>,
+        ticket: Ticket,
+        idempotent: bool,
+        deadline: Instant,
+        seq: u64,
+        fut: S::Future,
+        req: Req,
+    ) -> Self {
+        let state = State::InFlight {
+            fut,
+            req: Some(req),
+        };
+        Self::with_state(shared, Some(ticket), idempotent, deadline, seq, state)
+    }
+
+    pub(crate) fn queued(
+        shared: Arc<Shared<S, Req>>,
+        ticket: Ticket,
+        idempotent: bool,
+        deadline: Instant,
+        seq: u64,
+        rx: Receiver<S::Future, Req>,
+    ) -> Self {
+        Self::with_state(
+            shared,
+            Some(ticket),
+            idempotent,
+            deadline,
+            seq,
+            State::Queued(rx),
+        )
+    }
+
+    fn with_state(
+        shared: Arc<Shared<S, Req>>,
+        ticket: Option<Ticket>,
+        idempotent: bool,
+        deadline: Instant,
+        seq: u64,
+        state: State<S::Future, Req>,
+    ) -> Self {
+        Self {
+            shared,
+            state,
+            ticket,
+            seq,
+            idempotent,
+            deadline,
+            sleep: None,
+        }
+    }
+}
+
+impl<S, Req> Future for ResponseFuture<S, Req>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    Req: Clone,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let result = ready!(self.as_mut().poll_state(cx));
+        let mut this = self.project();
+        this.state.set(State::Done);
+        if let Some(ticket) = this.ticket.take() {
+            this.shared.release_weight(ticket.weight);
+        }
+        Poll::Ready(result)
+    }
+}
+
+impl<S, Req> ResponseFuture<S, Req>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    Req: Clone,
+{
+    fn poll_state(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<S::Response, BoxError>> {
+        loop {
+            let mut this = self.as_mut().project();
+            match this.state.as_mut().project() {
+                StateProj::Failed(error) => {
+                    return Poll::Ready(Err(error.take().unwrap_or_else(|| Closed::new().into())));
+                }
+                StateProj::Done => return Poll::Ready(Err(Closed::new().into())),
+                StateProj::InFlight { fut, req } => {
+                    let error: BoxError = match ready!(fut.poll(cx)) {
+                        Ok(response) => return Poll::Ready(Ok(response)),
+                        Err(e) => e.into(),
+                    };
+                    let replay = match verdict(&error) {
+                        Verdict::NotSent => true,
+                        Verdict::MaybeDelivered if *this.idempotent => true,
+                        Verdict::MaybeDelivered => {
+                            this.shared
+                                .counters
+                                .maybe_delivered
+                                .fetch_add(1, Ordering::Relaxed);
+                            if error.is::<MaybeDelivered>() {
+                                return Poll::Ready(Err(error));
+                            }
+                            return Poll::Ready(Err(MaybeDelivered::with_source(error).into()));
+                        }
+                        Verdict::Other => return Poll::Ready(Err(error)),
+                    };
+                    debug_assert!(replay);
+                    let Some(req) = req.take() else {
+                        return Poll::Ready(Err(error));
+                    };
+                    if Instant::now() >= *this.deadline {
+                        this.shared.counters.expired.fetch_add(1, Ordering::Relaxed);
+                        return Poll::Ready(Err(Elapsed::new().into()));
+                    }
+                    let rx = match this.shared.requeue(*this.seq, req) {
+                        Ok(rx) => rx,
+                        Err(e) => return Poll::Ready(Err(e)),
+                    };
+                    this.shared
+                        .counters
+                        .replayed
+                        .fetch_add(1, Ordering::Relaxed);
+                    this.state.set(State::Queued(rx));
+                }
+                StateProj::Queued(rx) => match Pin::new(rx).poll(cx) {
+                    Poll::Ready(Ok(Ok(Dispatch { fut, req }))) => {
+                        this.state.set(State::InFlight {
+                            fut,
+                            req: Some(req),
+                        });
+                    }
+                    Poll::Ready(Ok(Err(e))) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Err(_)) => return Poll::Ready(Err(Closed::new().into())),
+                    Poll::Pending => {
+                        let deadline = *this.deadline;
+                        let sleep = this
+                            .sleep
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                        if sleep.as_mut().poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                        if this.shared.remove(*this.seq) {
+                            this.shared.counters.expired.fetch_add(1, Ordering::Relaxed);
+                            return Poll::Ready(Err(Elapsed::new().into()));
+                        }
+                        // Sent (or failed) just before the deadline: the outcome is in the channel now.
+                    }
+                },
+            }
+        }
+    }
+}
+
+#[pinned_drop]
+impl<S: Service<Req>, Req> PinnedDrop for ResponseFuture<S, Req> {
+    fn drop(self: Pin<&mut Self>) {
+        let this = self.project();
+        if let Some(ticket) = this.ticket.take() {
+            this.shared.release_weight(ticket.weight);
+        }
+        if matches!(*this.state, State::Queued(_)) && this.shared.remove(*this.seq) {
+            this.shared
+                .counters
+                .cancelled
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<S: Service<Req>, Req> fmt::Debug for ResponseFuture<S, Req> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Failed(_) => "failed",
+            State::InFlight { .. } => "in flight",
+            State::Queued(_) => "queued",
+            State::Done => "done",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .field("idempotent", &self.idempotent)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Looks through the error and its sources for the delivery verdict of the layer below.
+fn verdict(error: &BoxError) -> Verdict {
+    let mut current: Option<&(dyn Error + 'static)> = Some(&**error);
+    while let Some(e) = current {
+        if e.is::<MaybeDelivered>() || e.is::<LinkLost>() {
+            return Verdict::MaybeDelivered;
+        }
+        if e.is::<NotSent>() {
+            return Verdict::NotSent;
+        }
+        current = e.source();
+    }
+    Verdict::Other
+}

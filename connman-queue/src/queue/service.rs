@@ -1,0 +1,299 @@
+//! The [`Queue`] service and its handle.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use connman_core::error::{BoxError, Overloaded};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::TryAcquireError;
+use tokio_util::sync::PollSemaphore;
+use tower_service::Service;
+
+use super::error::NotReady;
+use super::future::{ResponseFuture, Ticket};
+use super::layer::QueueLayer;
+use super::shared::{self, Shared, Submitted};
+
+/// Requests wait here while the link is down and go out in order once it is up. See the [module docs](super).
+///
+/// A clone is a new handle to the same queue (like `tower::buffer::Buffer`); each clone reserves its own capacity in
+/// `poll_ready`. Requests must be `Clone`: a request stays with the queue until it is answered, so that one that was
+/// not sent can be replayed.
+pub struct Queue<S: tower_service::Service<Req>, Req> {
+    shared: Arc<Shared<S, Req>>,
+    semaphore: PollSemaphore,
+    permit: Option<OwnedSemaphorePermit>,
+    overloaded: bool,
+}
+
+/// Per-request options for [`Queue::call_with`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CallOptions {
+    /// Replay the request after a [`MaybeDelivered`](connman_core::error::MaybeDelivered) failure too
+    /// (at-least-once). Only for requests that are safe to apply twice.
+    pub idempotent: bool,
+    /// Fail with [`Elapsed`](connman_core::error::Elapsed) if the request is still queued this long after the call
+    /// (upnode's `up(t, cb)`, UP-04). The queue's own max wait applies too.
+    pub deadline: Option<Duration>,
+}
+
+impl CallOptions {
+    /// No options: at-most-once, only the queue's max wait.
+    pub const fn new() -> Self {
+        Self {
+            idempotent: false,
+            deadline: None,
+        }
+    }
+
+    /// Marks the request idempotent: it may be delivered more than once.
+    #[must_use]
+    pub const fn idempotent(mut self) -> Self {
+        self.idempotent = true;
+        self
+    }
+
+    /// Sets a deadline for the time the request spends queued.
+    #[must_use]
+    pub const fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+}
+
+/// A snapshot of a queue's gauges and counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueStats {
+    /// Requests waiting in the queue now.
+    pub len: usize,
+    /// Total weight of the requests the queue is responsible for now.
+    pub weight: usize,
+    /// Requests sent at once on the fast path.
+    pub direct: u64,
+    /// Requests that had to wait in the queue.
+    pub queued: u64,
+    /// Replays after a failure that proved the request unsent (or of an idempotent request).
+    pub replayed: u64,
+    /// Requests that failed with `MaybeDelivered`.
+    pub maybe_delivered: u64,
+    /// Requests that failed with `Elapsed` while queued.
+    pub expired: u64,
+    /// Requests dropped by their caller while queued (never sent).
+    pub cancelled: u64,
+    /// Requests rejected with `Overloaded`.
+    pub overloaded: u64,
+    /// Whether the queue is closed or its inner service failed for good.
+    pub closed: bool,
+}
+
+/// A handle to close a queue and read its counters, whatever its service and request types.
+#[derive(Clone)]
+pub struct QueueHandle {
+    control: Arc<dyn Control + Send + Sync>,
+}
+
+impl QueueHandle {
+    /// Closes the queue: every queued and later request fails with
+    /// [`Closed`](connman_core::error::Closed), and the inner service is dropped (a `Reconnect` below cancels its
+    /// connect and its backoff timer). Idempotent.
+    pub fn close(&self) {
+        self.control.close();
+    }
+
+    /// Whether the queue is closed (or its inner service failed for good).
+    pub fn is_closed(&self) -> bool {
+        self.control.is_closed()
+    }
+
+    /// The gauges and counters now.
+    pub fn stats(&self) -> QueueStats {
+        self.control.stats()
+    }
+}
+
+impl fmt::Debug for QueueHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueHandle")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+trait Control {
+    fn close(&self);
+    fn is_closed(&self) -> bool;
+    fn stats(&self) -> QueueStats;
+}
+
+impl<S, Req> Control for Shared<S, Req>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    Req: Clone,
+{
+    fn close(&self) {
+        Shared::close(self);
+    }
+
+    fn is_closed(&self) -> bool {
+        Shared::is_closed(self)
+    }
+
+    fn stats(&self) -> QueueStats {
+        Shared::stats(self)
+    }
+}
+
+impl<S, Req> Queue<S, Req>
+where
+    S: Service<Req> + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    Req: Clone + Send + 'static,
+{
+    /// Puts a queue with the settings of `layer` in front of `service`.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime: the queue spawns a small worker task, as `tower::buffer::Buffer` does.
+    pub fn new(service: S, layer: &QueueLayer<Req>) -> Self {
+        let shared = Arc::new(Shared::new(service, layer));
+        tokio::spawn(shared::run(Arc::downgrade(&shared), shared.notify.clone()));
+        Self::from_shared(shared)
+    }
+
+    /// A handle that closes the queue and reads its counters.
+    pub fn handle(&self) -> QueueHandle {
+        QueueHandle {
+            control: self.shared.clone(),
+        }
+    }
+}
+
+impl<S, Req> Queue<S, Req>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    Req: Clone,
+{
+    fn from_shared(shared: Arc<Shared<S, Req>>) -> Self {
+        Self {
+            semaphore: PollSemaphore::new(shared.semaphore.clone()),
+            shared,
+            permit: None,
+            overloaded: false,
+        }
+    }
+
+    /// Closes the queue; see [`QueueHandle::close`].
+    pub fn close(&self) {
+        self.shared.close();
+    }
+
+    /// The gauges and counters now.
+    pub fn stats(&self) -> QueueStats {
+        self.shared.stats()
+    }
+
+    /// Sends `req` with per-request options, after a successful `poll_ready`.
+    pub fn call_with(&mut self, req: Req, options: CallOptions) -> ResponseFuture<S, Req> {
+        let shared = self.shared.clone();
+        if std::mem::take(&mut self.overloaded) {
+            shared
+                .counters
+                .overloaded
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return ResponseFuture::failed(shared, Overloaded::new().into());
+        }
+        let Some(permit) = self.permit.take() else {
+            return ResponseFuture::failed(shared, NotReady::new().into());
+        };
+        let weight = (shared.weigh)(&req);
+        if !shared.reserve_weight(weight) {
+            shared
+                .counters
+                .overloaded
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return ResponseFuture::failed(shared, Overloaded::new().into());
+        }
+        let ticket = Ticket::new(permit, weight);
+        let wait = options
+            .deadline
+            .map_or(shared.max_wait, |d| d.min(shared.max_wait));
+        let now = tokio::time::Instant::now();
+        let deadline = now.checked_add(wait).unwrap_or(now);
+        let submitted = shared.submit(req);
+        match submitted {
+            Submitted::Sent(seq, fut, req) => {
+                ResponseFuture::sent(shared, ticket, options.idempotent, deadline, seq, fut, req)
+            }
+            Submitted::Queued(seq, rx) => {
+                ResponseFuture::queued(shared, ticket, options.idempotent, deadline, seq, rx)
+            }
+            Submitted::Failed(e) => {
+                shared.release_weight(weight);
+                ResponseFuture::failed(shared, e)
+            }
+        }
+    }
+}
+
+impl<S, Req> Service<Req> for Queue<S, Req>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    Req: Clone,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, Req>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.permit.is_some() || self.overloaded {
+            return Poll::Ready(Ok(()));
+        }
+        if self.shared.reject_when_full {
+            match self.shared.semaphore.clone().try_acquire_owned() {
+                Ok(permit) => self.permit = Some(permit),
+                Err(TryAcquireError::NoPermits) => self.overloaded = true,
+                Err(TryAcquireError::Closed) => return Poll::Ready(Err(self.shared.failure())),
+            }
+            return Poll::Ready(Ok(()));
+        }
+        match ready!(self.semaphore.poll_acquire(cx)) {
+            Some(permit) => {
+                self.permit = Some(permit);
+                Poll::Ready(Ok(()))
+            }
+            None => Poll::Ready(Err(self.shared.failure())),
+        }
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        self.call_with(req, CallOptions::new())
+    }
+}
+
+impl<S, Req> Clone for Queue<S, Req>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    Req: Clone,
+{
+    fn clone(&self) -> Self {
+        // A clone of a ready handle is not ready: capacity is reserved per handle.
+        Self::from_shared(self.shared.clone())
+    }
+}
+
+impl<S: Service<Req>, Req> fmt::Debug for Queue<S, Req> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("ready", &self.permit.is_some())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,20 @@
+//! Keep a connection up: [`Reconnect`] drives the connman lifecycle over any make service.
+//!
+//! The layer wraps a make service (`Service<Target>` answering with a connection that is itself a `Service<Req>`).
+//! Requests wait in `poll_ready` while the link is down; a retriable failure is never an error. An optional
+//! [`OnUp`] hook runs on every new connection before it is up, and what it yields serves the requests (upnode's
+//! re-auth, UP-05/06). Observe the link through [`ReconnectLayer::state`] (a watch of
+//! [`State`](connman_core::State)) and [`ReconnectLayer::subscribe`] (a bounded broadcast of
+//! [`Event`](connman_core::Event)s); close it with a [`CloseHandle`].
+
+mod error;
+mod future;
+mod hook;
+mod layer;
+mod service;
+
+pub use error::{FatalConnect, GaveUp};
+pub use future::ResponseFuture;
+pub use hook::{Identity, OnUp};
+pub use layer::{CloseHandle, DEFAULT_HOOK_TIMEOUT, EVENT_CAPACITY, ReconnectLayer};
+pub use service::Reconnect;
