@@ -14,6 +14,9 @@
 //! * **Closable.** [`Singleton::close`] fails waiting and later calls with [`Closed`].
 //!
 //! Handles taken before a loss keep the old connection alive until they are dropped; new calls get the new one.
+//! During a backoff delay the make-service is called at once (after `poll_ready`, as tower requires), but the future it
+//! returns is polled only once the delay is over: a connector whose future does the work (as tower's do) connects
+//! after the delay.
 //!
 //! ```
 //! use connman_pool::singleton::SingletonLayer;
