@@ -16,6 +16,9 @@
 //! Every buffer is bounded (one read buffer per direction and connection, and at most
 //! [`ProxyConfig::max_connections`] connections); every task ends when the [`FaultProxy`] is dropped.
 //!
+//! The proxy is meant for real time: its holds and its upstream connect timeout are tokio timers, so under paused time
+//! they would jump ahead whenever the runtime waits on a socket.
+//!
 //! ```
 //! use connman_tests::proxy::FaultProxy;
 //! use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -459,3 +459,46 @@ async fn echo_server_feeds_the_checker() {
     })
     .await;
 }
+
+/// A plain client through the fault proxy: each cut costs the request in flight (maybe delivered), nothing else.
+#[tokio::test]
+async fn a_cut_link_loses_nothing_the_checker_can_see() {
+    use connman_tests::proxy::FaultProxy;
+
+    bounded(async {
+        let (log, client) = logs();
+        let server = EchoServer::start(log.clone()).await.unwrap();
+        let proxy = FaultProxy::start(server.addr()).await.unwrap();
+        // Every connection is cut after 100 bytes, a few requests and answers in.
+        proxy.handle().cut_after(100);
+        let mut stream: Option<BufReader<TcpStream>> = None;
+        for seq in 1..=40 {
+            client.issue(C, seq);
+            let link = match stream.as_mut() {
+                Some(link) => link,
+                None => {
+                    if seq > 1 {
+                        client.reconnected(C);
+                    }
+                    let fresh = TcpStream::connect(proxy.addr()).await.unwrap();
+                    stream.insert(BufReader::new(fresh))
+                }
+            };
+            let outcome = match send(link, C, seq).await {
+                Ok(answer) if parse_reply(&answer) == Ok((C, seq)) => Outcome::Ok,
+                // Written, then the link ended before the answer.
+                _ => {
+                    stream = None;
+                    Outcome::MaybeDelivered
+                }
+            };
+            client.resolve(C, seq, outcome);
+        }
+        let report = check(&log, &client, Mode::AtMostOnce);
+        report.assert_clean();
+        assert!(report.counts().ok > 0, "{report}");
+        assert!(report.counts().maybe_delivered > 0, "{report}");
+        assert!(proxy.handle().stats().cuts > 0);
+    })
+    .await;
+}
