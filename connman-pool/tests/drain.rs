@@ -325,3 +325,21 @@ async fn drain_layer_passes_inner_errors_through() {
     let err = call.await.unwrap_err();
     assert!(err.is::<std::io::Error>());
 }
+
+#[tokio::test(start_paused = true)]
+async fn drain_over_a_huge_window_does_not_overflow() {
+    let group = Group::new();
+    let start = Instant::now();
+    let closes = populate(&group, 2, &["ns"], start);
+    let drain = group
+        .drain(DrainConfig::over(Duration::MAX).unwrap())
+        .unwrap();
+    let mut drain = tokio_test::task::spawn(drain);
+    assert_pending!(drain.poll());
+    sleep(Duration::from_millis(1)).await;
+    assert_eq!(
+        times(&closes),
+        [Duration::ZERO],
+        "the first at once, the second far later"
+    );
+}

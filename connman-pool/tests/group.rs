@@ -648,3 +648,30 @@ fn settings_that_cannot_work_are_rejected() {
         assert!(err.is::<InvalidConfig>());
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_last_handle_stops_every_writer() {
+    let group = Group::new();
+    let (m, mut peer) = channel(8);
+    group.add("ns", "1", m).unwrap();
+    let clone = group.clone();
+    drop(group);
+    settle().await;
+    assert!(clone.is_open("ns", "1"), "a clone keeps the group alive");
+    drop(clone);
+    assert!(peer.recv().await.is_none(), "the member was dropped");
+}
+
+#[tokio::test(start_paused = true)]
+async fn huge_timeouts_do_not_overflow() {
+    let config = GroupConfig::default()
+        .with_idle_timeout(Some(Duration::MAX))
+        .with_close_timeout(Duration::MAX);
+    let group = Group::with_config(config).unwrap();
+    let (m, mut peer) = channel(8);
+    group.add("ns", "1", m).unwrap();
+    group.send("ns", "1", "x").unwrap();
+    group.close("ns", "1", CloseCode::NORMAL, "").unwrap().await;
+    assert_eq!(msg(peer.recv().await), "x");
+    assert!(matches!(peer.recv().await, Some(Frame::Close(..))));
+}

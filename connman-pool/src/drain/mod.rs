@@ -71,7 +71,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
 use crate::group::Group;
-use crate::group::slot::Slot;
+use crate::group::slot::{Slot, later};
 
 pub use future::ResponseFuture;
 pub use layer::DrainLayer;
@@ -156,8 +156,17 @@ impl DrainConfig {
     /// When the close of the member at `index` (of `total`) is due, `started` closes having been started.
     fn due(&self, start: Instant, index: usize, started: u64, total: usize) -> Instant {
         match self.pace {
-            Pace::PerSecond(rate) => start + Duration::from_secs(started / u64::from(rate.get())),
-            Pace::Over(window) => start + window.mul_f64(index as f64 / total as f64),
+            Pace::PerSecond(rate) => {
+                later(start, Duration::from_secs(started / u64::from(rate.get())))
+            }
+            Pace::Over(window) => {
+                // Exact integer arithmetic: index < total, so the result is below the window.
+                let nanos = window.as_nanos() * index as u128 / total.max(1) as u128;
+                later(
+                    start,
+                    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX)),
+                )
+            }
         }
     }
 }

@@ -646,6 +646,21 @@ impl Inner {
     }
 }
 
+impl Drop for Inner {
+    /// The last handle to the group is gone: every writer stops and drops its member.
+    fn drop(&mut self) {
+        let reg = self
+            .registry
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        for ns in reg.namespaces.values() {
+            for slot in ns.by_seq.values() {
+                slot.detach();
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct Registry {
     namespaces: HashMap<String, Namespace>,

@@ -133,7 +133,7 @@ impl Slot {
                     st.phase = Phase::Closing {
                         code,
                         reason: "slow consumer".to_owned(),
-                        deadline: now + config.close_timeout(),
+                        deadline: later(now, config.close_timeout()),
                     };
                     drop(st);
                     self.wake.notify_one();
@@ -166,7 +166,7 @@ impl Slot {
         st.phase = Phase::Closing {
             code,
             reason: reason.to_owned(),
-            deadline: now + timeout,
+            deadline: later(now, timeout),
         };
         drop(st);
         self.wake.notify_one();
@@ -242,6 +242,15 @@ impl Slot {
         // No code panics while holding this lock, and its state stays consistent at every step anyway.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// `at + by`, or a point about 30 years later if that is past what an instant can hold: a huge timeout from a user's
+/// settings must not panic.
+pub(crate) fn later(at: Instant, by: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
+    at.checked_add(by)
+        .or_else(|| at.checked_add(FAR))
+        .unwrap_or(at)
 }
 
 impl std::fmt::Debug for Slot {

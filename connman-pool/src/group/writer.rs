@@ -15,7 +15,7 @@ use connman_core::member::{CloseCode, Member};
 use futures_util::SinkExt;
 use tokio::time::{Instant, sleep_until};
 
-use super::slot::{Phase, Slot, Step};
+use super::slot::{Phase, Slot, Step, later};
 use super::{Departure, Inner};
 
 /// Drives `member` for `slot` until it is closed, fails or is detached.
@@ -82,7 +82,7 @@ where
                 phase: Phase::Open,
                 last_activity,
             } => {
-                let idle_at = idle_timeout.map(|t| last_activity + t);
+                let idle_at = idle_timeout.map(|t| later(last_activity, t));
                 tokio::select! {
                     () = slot.wake.notified() => {}
                     () = sleep_until(idle_at.unwrap_or_else(Instant::now)), if idle_at.is_some() => {
