@@ -23,6 +23,7 @@ use std::time::Duration;
 use connman_core::backoff::{Backoff, presets};
 use connman_core::error::BoxError;
 use connman_core::lifecycle::{CloseReason, Config, FailureKind, Lifecycle};
+use connman_core::supervise::Disconnect;
 use connman_core::{Event, State};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{broadcast, watch};
@@ -128,6 +129,29 @@ impl Connection {
     /// Whether the connection is closed for good.
     pub fn is_closed(&self) -> bool {
         self.inner.state.borrow().is_closed()
+    }
+}
+
+/// A named pool (connman-pool's `Pool`) ends its members through this trait.
+///
+/// ```
+/// use connman_core::supervise::Disconnect;
+/// use connman_tcp::{Connection, HostPort};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// fn stop_all<D: Disconnect>(members: &[D]) {
+///     members.iter().for_each(Disconnect::disconnect);
+/// }
+///
+/// let conn = Connection::connect(HostPort::new("127.0.0.1", 9), ());
+/// stop_all(std::slice::from_ref(&conn));
+/// conn.closed().await;
+/// # }
+/// ```
+impl Disconnect for Connection {
+    fn disconnect(&self) {
+        Connection::disconnect(self);
     }
 }
 

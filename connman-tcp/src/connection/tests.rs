@@ -735,3 +735,16 @@ async fn min_uptime_keeps_backing_off_on_a_flapping_peer() {
     assert_eq!(waits, [20, 40, 80].map(ms));
     drop(server);
 }
+
+#[tokio::test(start_paused = true)]
+async fn cn_21_disconnect_trait_ends_the_connection() {
+    use connman_core::supervise::Disconnect;
+    let script = Script::default();
+    let _server = script.accept();
+    let (rec, mut probe) = recorder();
+    let conn = connect(&script, rec).connect();
+    probe.until(is_connect).await;
+    let members: Vec<Box<dyn Disconnect>> = vec![Box::new(conn.clone())];
+    members.iter().for_each(|m| m.disconnect());
+    assert_eq!(conn.closed().await, CloseReason::Requested);
+}

@@ -267,3 +267,27 @@ async fn connector_reports_connect_errors() {
             .is_refused()
     );
 }
+
+#[tokio::test]
+async fn a_request_cancelled_before_it_is_written_is_never_sent() {
+    // The peer does not read yet: a first request larger than the codec's write backpressure boundary (8 KiB) holds
+    // the driver, so the requests after it wait unwritten.
+    let (client, server) = tokio::io::duplex(16);
+    let mut p: Lines = Pipeline::new(client, LinesCodec::new());
+    ready(&mut p).await.unwrap();
+    let big = p.call("a".repeat(20_000));
+    ready(&mut p).await.unwrap();
+    let cancelled = p.call("cancelled".into());
+    ready(&mut p).await.unwrap();
+    let kept = p.call("kept".into());
+    tokio::task::yield_now().await;
+    drop(cancelled);
+    let mut peer = Framed::new(server, LinesCodec::new());
+    assert_eq!(peer.next().await.unwrap().unwrap().len(), 20_000);
+    assert_eq!(peer.next().await.unwrap().unwrap(), "kept");
+    // The cancelled request took no place in the response order either.
+    peer.send("first".to_string()).await.unwrap();
+    peer.send("second".to_string()).await.unwrap();
+    assert_eq!(big.await.unwrap(), "first");
+    assert_eq!(kept.await.unwrap(), "second");
+}
