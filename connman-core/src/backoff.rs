@@ -235,13 +235,13 @@ impl Exponential {
     }
 
     fn clamp(&self, secs: f64) -> Duration {
+        if secs.is_nan() {
+            return self.config.max;
+        }
+        // `max` as float seconds may round up past `Duration::MAX`: convert fallibly and clamp as a `Duration`.
         let max = self.config.max.as_secs_f64();
-        let secs = if secs.is_nan() {
-            max
-        } else {
-            secs.clamp(0.0, max)
-        };
-        Duration::from_secs_f64(secs).min(self.config.max)
+        Duration::try_from_secs_f64(secs.clamp(0.0, max))
+            .map_or(self.config.max, |d| d.min(self.config.max))
     }
 }
 

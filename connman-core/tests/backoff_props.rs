@@ -305,8 +305,6 @@ fn a_million_attempts_never_overflow_or_panic() {
 
 /// A `max` near `Duration::MAX` is a valid setting, so it must not panic either.
 #[test]
-#[ignore = "known defect: Exponential's clamp converts max.as_secs_f64() (rounded up to 2^64 s) back with \
-            Duration::from_secs_f64, which panics; un-ignore once backoff.rs clamps in Duration"]
 fn a_max_near_duration_max_never_panics() {
     let mut backoff = Exponential::builder()
         .max(Duration::MAX)
