@@ -343,3 +343,21 @@ async fn drain_over_a_huge_window_does_not_overflow() {
         "the first at once, the second far later"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn ss_02_close_all_with_4200_closes_every_member_at_once() {
+    let group = Group::new();
+    let start = Instant::now();
+    let closes = populate(&group, 50, &["ns"], start);
+    for done in group.close_all("ns", CloseCode::RECONNECT, "server closed") {
+        done.await;
+    }
+    sleep(Duration::from_millis(1)).await;
+    let t = times(&closes);
+    assert_eq!(t.len(), 50);
+    assert!(
+        t.iter().all(|d| d.is_zero()),
+        "no pacing: that is what drain is for"
+    );
+    assert!(group.is_empty());
+}
