@@ -361,3 +361,18 @@ async fn ss_02_close_all_with_4200_closes_every_member_at_once() {
     );
     assert!(group.is_empty());
 }
+
+#[tokio::test]
+async fn drain_signal_wait_ends_when_its_trigger_is_gone() {
+    let (trigger, signal) = connman_pool::drain::signal();
+    let waiter = tokio::spawn({
+        let signal = signal.clone();
+        async move { signal.wait().await }
+    });
+    drop(trigger);
+    tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!signal.is_draining());
+}

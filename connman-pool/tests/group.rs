@@ -675,3 +675,29 @@ async fn huge_timeouts_do_not_overflow() {
     assert_eq!(msg(peer.recv().await), "x");
     assert!(matches!(peer.recv().await, Some(Frame::Close(..))));
 }
+
+#[tokio::test(start_paused = true)]
+async fn hooks_may_call_the_group() {
+    let seen: Log = Arc::default();
+    let s = seen.clone();
+    let slot: Arc<Mutex<Option<Group>>> = Arc::default();
+    let g = slot.clone();
+    let group = Group::builder()
+        .on_empty(move |ns| {
+            let group = g.lock().unwrap().clone().unwrap();
+            s.lock()
+                .unwrap()
+                .push(format!("{ns} empty, {} left", group.len()));
+        })
+        .build()
+        .unwrap();
+    *slot.lock().unwrap() = Some(group.clone());
+    let (a, _pa) = channel(4);
+    let (b, _pb) = channel(4);
+    group.add("x", "a", a).unwrap();
+    group.add("y", "b", b).unwrap();
+    group.remove("x", "a").unwrap();
+    group.close("y", "b", CloseCode::NORMAL, "").unwrap().await;
+    assert_eq!(entries(&seen), ["x empty, 1 left", "y empty, 0 left"]);
+    slot.lock().unwrap().take();
+}
