@@ -309,6 +309,8 @@ pub enum ConnectErrorKind {
     TimedOut,
     /// The target can never be connected to (port 0, an empty host); retrying is pointless.
     InvalidTarget,
+    /// The TLS handshake failed (with the `tls` feature): a certificate that does not verify, a protocol mismatch.
+    Tls,
     /// Another I/O failure.
     Io,
 }
@@ -370,6 +372,11 @@ impl ConnectError {
         matches!(self.kind, ConnectErrorKind::TimedOut)
     }
 
+    /// Whether the TLS handshake failed.
+    pub const fn is_tls(&self) -> bool {
+        matches!(self.kind, ConnectErrorKind::Tls)
+    }
+
     /// Whether the target is invalid (port 0, an empty host): retrying cannot help.
     pub const fn is_invalid_target(&self) -> bool {
         matches!(self.kind, ConnectErrorKind::InvalidTarget)
@@ -410,6 +417,7 @@ impl fmt::Display for ConnectError {
             ConnectErrorKind::Unresolved => "host did not resolve",
             ConnectErrorKind::TimedOut => "connect timed out",
             ConnectErrorKind::InvalidTarget => "invalid target",
+            ConnectErrorKind::Tls => "tls handshake failed",
             ConnectErrorKind::Io => "connect failed",
         };
         write!(f, "{what}: {}", self.target)?;

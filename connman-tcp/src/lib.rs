@@ -8,6 +8,7 @@
 //!   reconnects with backoff, calls a [`Handler`], and [`Connection::disconnect`] works in every state.
 //! * [`pipeline`]: a pipelined client, a `tower::Service` with in-order responses over a framed stream, and its
 //!   connector, so a TCP protocol can sit under `connman-queue`'s `Reconnect`.
+//! * `tls` (with the `tls` feature): `TlsConnector`, TLS through tokio-rustls over any connector.
 //!
 //! ```text
 //! connman-core    backoff, lifecycle, errors (no runtime)
@@ -88,6 +89,8 @@
 mod connection;
 mod connector;
 pub mod pipeline;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use connection::{
     Builder, Connection, DEFAULT_EVENT_CAPACITY, DEFAULT_READ_BUFFER, Handler, WriteError,
