@@ -13,6 +13,7 @@
 //! or mismatched.
 
 mod echo;
+mod registry;
 mod report;
 
 use std::process::ExitCode;
@@ -36,8 +37,9 @@ async fn main() -> ExitCode {
     clock.say("demo", &format!("running for {seconds} s on loopback"));
 
     let echo = tokio::spawn(echo::run(clock.clone(), total));
+    let registry = tokio::spawn(registry::run(clock.clone()));
     let mut rows: Vec<Row> = Vec::new();
-    for (name, handle) in [("echo", echo)] {
+    for (name, handle) in [("echo", echo), ("registry", registry)] {
         match handle.await {
             Ok(Ok(mut section)) => rows.append(&mut section),
             Ok(Err(e)) => {
