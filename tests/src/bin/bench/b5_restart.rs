@@ -7,11 +7,11 @@ use bytes::Bytes;
 use connman_core::Event;
 use connman_core::backoff::{Backoff, Constant};
 use connman_tcp::{Connection, Handler, Writer};
+use connman_tests::flaky::FlakyServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use crate::echo::EchoServer;
 use crate::harness::{
     BenchError, BenchResult, Better, Mode, Pairs, Row, Scenario, Stats, fmt_ns, runtime,
 };
@@ -20,7 +20,8 @@ use crate::harness::{
 pub(crate) const SCENARIO: Scenario = Scenario {
     id: "B5",
     title: "recovery after a server restart",
-    method: "A loopback echo server on `127.0.0.1:0` serves one client. Once the client has echoed, the server \
+    method: "A loopback echo server on `127.0.0.1:0` (`connman_tests::flaky::FlakyServer`, no greeting, no lifetime) \
+             serves one client. Once the client has echoed, the server \
              closes its listener and every connection, and listens again on the same port 2.5 backoff delays \
              later; the figure is the gap from \"listening again\" to the client's first successful echo. Both \
              clients use `Constant` backoff of 20 ms, so attempts fall at loss + 20, 40, 60 ms (plus the timer's \
@@ -45,21 +46,25 @@ fn run(mode: Mode) -> BenchResult<Vec<Row>> {
     let rounds = mode.pick(3, 9);
     let bound = Duration::from_secs(5);
     rt.block_on(async move {
-        let mut server = EchoServer::start().await?;
+        // No greeting and no lifetime: a plain echo server that stops and restarts on the same port.
+        let server = FlakyServer::builder()
+            .greeting(Bytes::new())
+            .start()
+            .await?;
         let mut gaps = Pairs::default();
         let mut next_attempts = Pairs::default();
         for _ in 0..rounds {
             let (ours_gap, ours_next) = {
                 let (probe, mut echoes, mut attempts) = Probe::new();
                 let client = ours(server.addr(), probe);
-                let gap = gap(&mut server, &mut echoes, &mut attempts, bound).await;
+                let gap = gap(&server, &mut echoes, &mut attempts, bound).await;
                 client.disconnect();
                 gap?
             };
             let (peer_gap, peer_next) = {
                 let (probe, mut echoes, mut attempts) = Probe::new();
                 let client = tokio::spawn(peer(server.addr(), probe));
-                let gap = gap(&mut server, &mut echoes, &mut attempts, bound).await;
+                let gap = gap(&server, &mut echoes, &mut attempts, bound).await;
                 client.abort();
                 gap?
             };
@@ -91,7 +96,7 @@ fn ns(d: Duration) -> f64 {
 /// Waits for the client to echo, stops the server and restarts it 2.5 delays later; returns the delays from the
 /// restart to the first echo and to the first connect attempt after it.
 async fn gap(
-    server: &mut EchoServer,
+    server: &FlakyServer,
     echoes: &mut mpsc::Receiver<Instant>,
     attempts: &mut mpsc::Receiver<Instant>,
     bound: Duration,
@@ -100,7 +105,8 @@ async fn gap(
     server.stop().await;
     let stopped = Instant::now();
     tokio::time::sleep_until((stopped + DELAY * 5 / 2).into()).await;
-    let listening = server.restart().await?;
+    server.restart().await?;
+    let listening = Instant::now();
     let echoed = loop {
         let at = next_echo(echoes, bound).await?;
         if at >= listening {

@@ -16,7 +16,6 @@ mod b4_outage;
 mod b5_restart;
 mod b6_registry;
 mod b8_group;
-mod echo;
 mod harness;
 mod report;
 
