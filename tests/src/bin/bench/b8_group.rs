@@ -28,7 +28,9 @@ pub(crate) const SCENARIO: Scenario = Scenario {
              namespaces, in real time (5000 members at 1000/s in a full run, 300 at 100/s in the smoke mode), \
              measured once: the rate error is the largest deviation from R of the closes seen in each 1 s window \
              counted from the first close (the last, partial window left out), and the largest number of closes \
-             seen in any sliding 1 s window; no peer was named for it. **Broadcast**: 1000 members, bursts of 64 \
+             seen in any sliding 1 s window; no peer was named for it. Closes are timed where the members' readers \
+             see them, on the same two cores as the group, so a batch that takes some milliseconds to be seen \
+             next to a quicker next batch counts toward one sliding window. **Broadcast**: 1000 members, bursts of 64 \
              messages of 64 B, each burst complete at every member before the next; ours is `Group::broadcast`, \
              the peer is a `tokio::sync::broadcast<Bytes>` channel with one task per member that feeds the same \
              kind of channel member until the channel is empty, then flushes once; the figure is deliveries per \

@@ -9,7 +9,8 @@
 //! above 1 means connman is better. Targets (from `PERF.md`) are reported, never asserted: the binary fails only when a
 //! scenario cannot run or a liveness check fails (a request that never resolves, a run that does not finish).
 //! `NAME` keeps the scenarios whose id or title contains it (case-insensitive); the file is then written with just
-//! those rows.
+//! those rows. The table is always printed; the file is written only to the path given with `--out` (which
+//! `cargo xtask bench` passes, pointing at the repository root, unless `--no-write` is given).
 
 mod b3_queue;
 mod b4_outage;
