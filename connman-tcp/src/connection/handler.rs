@@ -9,7 +9,8 @@ use super::Writer;
 ///
 /// The callbacks run on the connection's task, one at a time and in order, so a handler needs no locking of its own.
 /// They are plain functions: to write from one, spawn a task with the [`Writer`] (it is cheap to clone). A callback that
-/// blocks holds up reading; keep them short.
+/// blocks holds up reading; keep them short. A callback that panics ends the connection's task: the socket is dropped
+/// and [`Connection::closed`](crate::Connection::closed) resolves with `CloseReason::Fatal`.
 ///
 /// For a connection that comes up, drops, comes back and is then disconnected, the calls are:
 ///

@@ -96,6 +96,8 @@ where
     async fn up(&mut self, io: IO) -> Option<Action> {
         let (mut read, write) = tokio::io::split(io);
         let cancel = CancellationToken::new();
+        // Should this task unwind (a handler panicked), writes on this link stop at once.
+        let _cancel_on_drop = cancel.clone().drop_guard();
         self.writer.install(Box::new(write), cancel.clone()).await;
         if let Some(action) = self.lifecycle.connected(now()) {
             // Only a closed machine answers a connection this way; nothing to run.
@@ -176,6 +178,14 @@ where
         self.writer.close().await;
         self.handler.on_close();
         self.state.send_replace(State::Closed);
+    }
+}
+
+impl<C, T, H> Drop for Supervisor<C, T, H> {
+    fn drop(&mut self) {
+        // After `finish` this changes nothing; if the task ends any other way (a handler panicked, the runtime shut
+        // down), no writer may keep the socket's write half alive.
+        self.writer.abandon();
     }
 }
 

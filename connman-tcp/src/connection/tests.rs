@@ -212,6 +212,10 @@ fn connect(script: &Script, handler: Recorder) -> Builder<Script, &'static str, 
     Connection::builder("mock", handler).connector(script.connector())
 }
 
+fn connect_with<H: Handler>(script: &Script, handler: H) -> Builder<Script, &'static str, H> {
+    Connection::builder("mock", handler).connector(script.connector())
+}
+
 /// Offsets of the attempts from the first one.
 fn offsets(attempts: &[Instant]) -> Vec<Duration> {
     attempts.iter().map(|t| *t - attempts[0]).collect()
@@ -747,4 +751,24 @@ async fn cn_21_disconnect_trait_ends_the_connection() {
     let members: Vec<Box<dyn Disconnect>> = vec![Box::new(conn.clone())];
     members.iter().for_each(|m| m.disconnect());
     assert_eq!(conn.closed().await, CloseReason::Requested);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_handler_ends_the_connection_without_hanging_writers() {
+    struct Panics;
+    impl Handler for Panics {
+        fn on_data(&mut self, _: Bytes) {
+            panic!("handler bug");
+        }
+    }
+    let script = Script::default();
+    let mut server = script.accept();
+    let conn = connect_with(&script, Panics).connect();
+    let mut state = conn.state();
+    state.wait_for(State::is_up).await.unwrap();
+    let writer = conn.writer();
+    server.write_all(b"boom").await.unwrap();
+    assert_eq!(conn.closed().await, CloseReason::Fatal);
+    let err = writer.write_all(b"x").await.unwrap_err();
+    assert!(err.is_closed() || err.is_not_connected(), "{err}");
 }

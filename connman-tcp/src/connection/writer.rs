@@ -142,6 +142,15 @@ impl Writer {
         *self.shared.slot.lock().await = Slot::Closed;
     }
 
+    /// Closes without waiting, for a supervisor that goes away: the slot is closed if it is free. (A link still in it
+    /// had its token cancelled by the supervisor's drop guard, so every write on it fails at once.)
+    pub(crate) fn abandon(&self) {
+        self.shared.up.store(false, Ordering::Release);
+        if let Ok(mut slot) = self.shared.slot.try_lock() {
+            *slot = Slot::Closed;
+        }
+    }
+
     async fn with_link(&self, op: Op<'_>) -> Result<(), WriteError> {
         let mut slot = self.shared.slot.lock().await;
         let link = match &mut *slot {
