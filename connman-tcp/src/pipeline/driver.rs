@@ -117,12 +117,21 @@ where
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(link_lost(e.into()))),
             }
         }
-        if !self.rx_open && self.in_flight.is_empty() {
-            // Every handle is gone and every request answered: close politely. A failed close loses nothing.
+        if !self.rx_open && self.nobody_waits(cx) {
+            // Every handle is gone and no caller waits for an answer: close politely. A failed close loses nothing.
             let _ = std::task::ready!(Sink::<Req>::poll_close(Pin::new(&mut self.framed), cx));
             return Poll::Ready(Ok(()));
         }
         Poll::Pending
+    }
+
+    /// Whether every request in flight was answered or given up by its caller; registers for the give-ups otherwise.
+    fn nobody_waits(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut nobody = true;
+        for waiting in &mut self.in_flight {
+            nobody &= waiting.reply.poll_closed(cx).is_ready();
+        }
+        nobody
     }
 
     fn encode(&mut self, request: Request<Req, Resp>) {

@@ -291,3 +291,25 @@ async fn a_request_cancelled_before_it_is_written_is_never_sent() {
     assert_eq!(big.await.unwrap(), "first");
     assert_eq!(kept.await.unwrap(), "second");
 }
+
+#[tokio::test]
+async fn the_driver_lets_go_once_nobody_waits() {
+    // The peer never answers. Once the handle and the response future are gone, the driver closes the connection.
+    let (client, mut server) = tokio::io::duplex(1024);
+    let mut p: Lines = Pipeline::new(client, LinesCodec::new());
+    ready(&mut p).await.unwrap();
+    let call = p.call("unanswered".into());
+    drop(p);
+    let mut buf = Vec::new();
+    let read = tokio::spawn(async move {
+        let _ = server.read_to_end(&mut buf).await;
+        buf
+    });
+    tokio::task::yield_now().await;
+    drop(call);
+    let buf = tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("the driver closes the stream")
+        .unwrap();
+    assert_eq!(buf, b"unanswered\n");
+}
