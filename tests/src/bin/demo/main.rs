@@ -13,6 +13,7 @@
 //! or mismatched.
 
 mod echo;
+mod group;
 mod registry;
 mod report;
 
@@ -38,8 +39,9 @@ async fn main() -> ExitCode {
 
     let echo = tokio::spawn(echo::run(clock.clone(), total));
     let registry = tokio::spawn(registry::run(clock.clone()));
+    let group = tokio::spawn(group::run(clock.clone(), total));
     let mut rows: Vec<Row> = Vec::new();
-    for (name, handle) in [("echo", echo), ("registry", registry)] {
+    for (name, handle) in [("echo", echo), ("registry", registry), ("group", group)] {
         match handle.await {
             Ok(Ok(mut section)) => rows.append(&mut section),
             Ok(Err(e)) => {

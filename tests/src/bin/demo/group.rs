@@ -1,0 +1,299 @@
+//! Namespaced members over real loopback sockets: broadcasts, then a drain at a global rate.
+//!
+//! Each member is a TCP connection framed with a length-delimited codec; the server side of each one joins a `Group`
+//! as a `Member`. Clients check that every broadcast arrives, in order, and record when their close arrives.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use connman_core::member::{CloseCode, Member};
+use connman_pool::drain::DrainConfig;
+use connman_pool::group::Group;
+use futures_util::{Sink, SinkExt, StreamExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, sleep, timeout};
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+
+use crate::report::{Clock, Row};
+
+/// Members per namespace.
+const NAMESPACES: [(&str, usize); 2] = [("radio:5ghz", 36), ("radio:40ghz", 24)];
+/// The drain rate, across both namespaces.
+const DRAIN_PER_SECOND: u32 = 20;
+/// The prefix of the close frame a member sends last.
+const CLOSE: &[u8] = b"\0close ";
+
+pub(crate) async fn run(clock: Clock, total: Duration) -> Result<Vec<Row>, String> {
+    let group = Group::builder()
+        .on_empty({
+            let clock = clock.clone();
+            move |ns| clock.say("group", &format!("namespace {ns} is empty"))
+        })
+        .build()
+        .map_err(|e| e.to_string())?;
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tokio::spawn(accept(listener, group.clone()));
+
+    // Clients join: each sends "<namespace> <id>" first.
+    let mut clients = Vec::new();
+    for (ns, n) in NAMESPACES {
+        for i in 0..n {
+            let id = format!("{}-{i}", &ns[6..]);
+            clients.push(tokio::spawn(client(addr, ns.to_owned(), id)));
+        }
+    }
+    let members: usize = NAMESPACES.iter().map(|(_, n)| n).sum();
+    timeout(Duration::from_secs(5), async {
+        while group.len() < members {
+            sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .map_err(|_| "members did not join in time")?;
+    clock.say(
+        "group",
+        &format!("{members} members joined {} namespaces", NAMESPACES.len()),
+    );
+
+    // Broadcast until a few seconds before the end; the first member of each namespace is the sender and is excepted.
+    let until = Instant::now() + total.saturating_sub(Duration::from_secs(5));
+    let mut rounds = 0u64;
+    let mut dropped = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    while Instant::now() < until {
+        tick.tick().await;
+        rounds += 1;
+        for (ns, _) in NAMESPACES {
+            let sender = format!("{}-0", &ns[6..]);
+            let summary = group.broadcast(
+                ns,
+                Bytes::from(format!("{ns} {rounds}")),
+                &[sender.as_str()],
+            );
+            dropped += summary.dropped;
+        }
+    }
+    clock.say(
+        "group",
+        &format!(
+            "{rounds} broadcasts to each namespace, {dropped} dropped by slow-consumer policy"
+        ),
+    );
+
+    // Drain: stop admitting, then close everyone at a global rate.
+    let config = DrainConfig::max_per_second(DRAIN_PER_SECOND).map_err(|e| e.to_string())?;
+    clock.say(
+        "group",
+        &format!(
+            "drain at {DRAIN_PER_SECOND}/s, close code {}",
+            config.code()
+        ),
+    );
+    let drain = group.drain(config).map_err(|e| e.to_string())?;
+    let mut progress = drain.progress();
+    let printer = {
+        let clock = clock.clone();
+        tokio::spawn(async move {
+            while progress.changed().await.is_ok() {
+                let p = *progress.borrow_and_update();
+                if p.closed > 0 && (p.closed == p.total || p.closed % 20 == 0) {
+                    clock.say("group", &format!("drained {}/{}", p.closed, p.total));
+                }
+            }
+        })
+    };
+    let started = Instant::now();
+    let done = timeout(Duration::from_secs(30), drain)
+        .await
+        .map_err(|_| "the drain did not finish")?;
+    let took = started.elapsed();
+    printer.abort();
+
+    let mut row = Row::new("group");
+    let mut closes: Vec<Instant> = Vec::new();
+    for c in clients {
+        let report = c.await.map_err(|e| e.to_string())?;
+        let expected = if report.sender { 0 } else { rounds };
+        row.sent += expected;
+        row.ok += report.received.min(expected);
+        row.lost += expected.saturating_sub(report.received);
+        row.mismatched += report.out_of_order;
+        match report.close {
+            Some((code, at)) if code == CloseCode::RECONNECT.0 => closes.push(at),
+            _ => row.mismatched += 1,
+        }
+    }
+    closes.sort();
+    let max_window = closes
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            closes[i..]
+                .iter()
+                .take_while(|u| **u < *t + Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    let spread = match (closes.first(), closes.last()) {
+        (Some(a), Some(b)) => *b - *a,
+        _ => Duration::ZERO,
+    };
+    // Closes start in batches at 0, 1, 2 … s: N closes over ⌈N/R⌉ − 1 seconds.
+    let rate = if spread.is_zero() {
+        0.0
+    } else {
+        (closes.len() - DRAIN_PER_SECOND as usize) as f64 / spread.as_secs_f64()
+    };
+    if max_window > DRAIN_PER_SECOND as usize {
+        row.mismatched += 1;
+    }
+    row.note = format!(
+        "drained {} in {:.2} s at {DRAIN_PER_SECOND}/s (measured {rate:.1}/s, max {max_window} closes in any 1 s)",
+        done.closed,
+        took.as_secs_f64()
+    );
+    Ok(vec![row])
+}
+
+async fn accept(listener: TcpListener, group: Group) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let group = group.clone();
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let (read, write) = stream.into_split();
+            let mut frames = FramedRead::new(read, codec());
+            let Some(Ok(hello)) = frames.next().await else {
+                return;
+            };
+            let Some((ns, id)) = std::str::from_utf8(&hello)
+                .ok()
+                .and_then(|s| s.split_once(' '))
+            else {
+                return;
+            };
+            let (ns, id) = (ns.to_owned(), id.to_owned());
+            let member = TcpMember {
+                frames: FramedWrite::new(write, codec()),
+                close: None,
+            };
+            if group.add(ns.clone(), id.clone(), member).is_err() {
+                return;
+            }
+            // Inbound traffic keeps the member from idling out.
+            while let Some(Ok(_)) = frames.next().await {
+                let _ = group.touch(&ns, &id);
+            }
+        });
+    }
+}
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(64 * 1024)
+        .new_codec()
+}
+
+/// The server side of one member: length-delimited frames, and a close frame last.
+#[derive(Debug)]
+struct TcpMember {
+    frames: FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+    close: Option<Bytes>,
+}
+
+impl Sink<Bytes> for TcpMember {
+    type Error = std::io::Error;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Sink::<Bytes>::poll_ready(Pin::new(&mut self.frames), cx)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: Bytes) -> Result<(), Self::Error> {
+        Pin::new(&mut self.frames).start_send(item)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Sink::<Bytes>::poll_flush(Pin::new(&mut self.frames), cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.close.is_some() {
+            std::task::ready!(Sink::<Bytes>::poll_ready(Pin::new(&mut self.frames), cx))?;
+            if let Some(frame) = self.close.take() {
+                Pin::new(&mut self.frames).start_send(frame)?;
+            }
+        }
+        Sink::<Bytes>::poll_close(Pin::new(&mut self.frames), cx)
+    }
+}
+
+impl Member for TcpMember {
+    fn start_close(
+        mut self: Pin<&mut Self>,
+        code: CloseCode,
+        reason: &str,
+    ) -> Result<(), Self::Error> {
+        let mut frame = CLOSE.to_vec();
+        frame.extend_from_slice(format!("{} {reason}", code.get()).as_bytes());
+        self.close = Some(frame.into());
+        Ok(())
+    }
+}
+
+/// What one client saw.
+#[derive(Debug, Default)]
+struct ClientReport {
+    sender: bool,
+    received: u64,
+    out_of_order: u64,
+    close: Option<(u16, Instant)>,
+}
+
+async fn client(addr: std::net::SocketAddr, ns: String, id: String) -> ClientReport {
+    let mut report = ClientReport {
+        sender: id.ends_with("-0"),
+        ..ClientReport::default()
+    };
+    let Ok(stream) = TcpStream::connect(addr).await else {
+        return report;
+    };
+    let _ = stream.set_nodelay(true);
+    let (read, write) = stream.into_split();
+    let mut out = FramedWrite::new(write, codec());
+    if out.send(Bytes::from(format!("{ns} {id}"))).await.is_err() {
+        return report;
+    }
+    let mut frames = FramedRead::new(read, codec());
+    let last = Arc::new(Mutex::new(0u64));
+    while let Some(Ok(frame)) = frames.next().await {
+        if let Some(rest) = frame.strip_prefix(CLOSE) {
+            let code = std::str::from_utf8(rest)
+                .ok()
+                .and_then(|s| s.split(' ').next())
+                .and_then(|c| c.parse().ok());
+            report.close = code.map(|c| (c, Instant::now()));
+            break;
+        }
+        let seq = std::str::from_utf8(&frame)
+            .ok()
+            .and_then(|s| s.rsplit_once(' '))
+            .filter(|(n, _)| *n == ns)
+            .and_then(|(_, seq)| seq.parse::<u64>().ok());
+        let mut last = last.lock().unwrap_or_else(PoisonError::into_inner);
+        match seq {
+            Some(seq) if seq == *last + 1 => {
+                *last = seq;
+                report.received += 1;
+            }
+            _ => report.out_of_order += 1,
+        }
+    }
+    report
+}
