@@ -741,7 +741,7 @@ async fn min_uptime_keeps_backing_off_on_a_flapping_peer() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn cn_21_disconnect_trait_ends_the_connection() {
+async fn disconnect_trait_ends_the_connection() {
     use connman_core::supervise::Disconnect;
     let script = Script::default();
     let _server = script.accept();

@@ -14,7 +14,8 @@
 //! A decode error, a frame over the codec's limit or a response nobody asked for closes that connection with a typed
 //! [`PipelineError`] and fails the requests as above; nothing hangs. Once the connection is dead,
 //! [`Service::poll_ready`] returns the `PipelineError`: the service is spent, and a `Reconnect` layer (connman-queue)
-//! makes a new one with a [`PipelineConnector`].
+//! makes a new one with a [`PipelineConnector`]. When every handle is dropped and no caller waits for a response, the
+//! task closes the connection.
 //!
 //! ```
 //! use connman_tcp::pipeline::Pipeline;
