@@ -313,3 +313,89 @@ async fn the_driver_lets_go_once_nobody_waits() {
         .unwrap();
     assert_eq!(buf, b"unanswered\n");
 }
+
+/// One run of the property below: the outcomes of `n` requests when the peer reads `read` bytes, answers the first
+/// `answered` complete requests it saw, and hangs up.
+fn outcomes_when_the_peer_hangs_up(
+    n: usize,
+    answered: usize,
+    capacity: usize,
+    read: usize,
+) -> (Vec<Result<String, BoxError>>, Vec<usize>, usize) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let requests: Vec<String> = (0..n).map(|i| format!("request-{i}")).collect();
+        let starts: Vec<usize> = requests
+            .iter()
+            .scan(0, |at, r| {
+                let start = *at;
+                *at += r.len() + 1;
+                Some(start)
+            })
+            .collect();
+        let total: usize = requests.iter().map(|r| r.len() + 1).sum();
+        let read = read.min(total);
+        let (client, mut server) = tokio::io::duplex(capacity);
+        let peer = tokio::spawn(async move {
+            let mut seen = vec![0; read];
+            server.read_exact(&mut seen).await.unwrap();
+            let complete = seen.iter().filter(|b| **b == b'\n').count();
+            for i in 0..answered.min(complete) {
+                server
+                    .write_all(format!("r{i}\n").as_bytes())
+                    .await
+                    .unwrap();
+            }
+        });
+        let mut p: Lines = Pipeline::with_max_in_flight(client, LinesCodec::new(), n);
+        let mut calls = Vec::new();
+        for r in requests {
+            ready(&mut p).await.unwrap();
+            calls.push(p.call(r));
+        }
+        let mut outcomes = Vec::new();
+        for call in calls {
+            let outcome = tokio::time::timeout(Duration::from_secs(5), call)
+                .await
+                .expect("every request gets an outcome");
+            outcomes.push(outcome);
+        }
+        peer.await.unwrap();
+        (outcomes, starts, read)
+    })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Every request gets exactly one outcome; answers go to the right requests in order; a request the peer saw any
+    /// byte of is never reported as not sent.
+    #[test]
+    fn every_request_has_one_truthful_outcome(
+        n in 1usize..24,
+        answered in 0usize..24,
+        capacity in 1usize..128,
+        read in 0usize..400,
+    ) {
+        let (outcomes, starts, read) = outcomes_when_the_peer_hangs_up(n, answered, capacity, read);
+        let mut answers = 0;
+        for (i, outcome) in outcomes.iter().enumerate() {
+            match outcome {
+                Ok(answer) => {
+                    proptest::prop_assert_eq!(answer, &format!("r{i}"));
+                    proptest::prop_assert_eq!(answers, i);
+                    answers += 1;
+                }
+                Err(e) => {
+                    proptest::prop_assert!(e.is::<MaybeDelivered>() || e.is::<NotSent>(), "{}", e);
+                    if starts[i] < read {
+                        proptest::prop_assert!(!e.is::<NotSent>(), "request {} was read by the peer", i);
+                    }
+                }
+            }
+        }
+    }
+}
