@@ -111,6 +111,8 @@ impl Connection {
     }
 
     /// A watch of the connection's [`State`]: await "up", or show "reconnecting in 3 s".
+    ///
+    /// Instants in it (`Up::since`, `Backoff::until`) are read from tokio's clock, so they follow paused time in tests.
     pub fn state(&self) -> watch::Receiver<State> {
         self.inner.state.clone()
     }
