@@ -5,7 +5,16 @@ use crate::{cargo, root, step};
 
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let mut cmd = cargo();
-    cmd.args(["run", "--release", "--quiet", "-p", "connman-tests", "--bin", "bench", "--"]);
+    cmd.args([
+        "run",
+        "--release",
+        "--quiet",
+        "-p",
+        "connman-tests",
+        "--bin",
+        "bench",
+        "--",
+    ]);
     cmd.args(args);
     if !args.iter().any(|a| a == "--no-write") {
         cmd.arg("--out").arg(root().join("BENCHMARKS.md"));

@@ -10,12 +10,27 @@ pub(crate) fn run(_args: &[String]) -> Result<(), String> {
     crate::tidy::run()?;
     step(
         "clippy",
-        cargo().args(["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]),
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--all-features",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ]),
     )?;
     step(
         "rustdoc",
         cargo()
-            .args(["doc", "--workspace", "--no-deps", "--locked"])
+            .args([
+                "doc",
+                "--workspace",
+                "--all-features",
+                "--no-deps",
+                "--locked",
+            ])
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
     core_has_no_runtime()?;
@@ -34,7 +49,16 @@ pub(crate) fn run(_args: &[String]) -> Result<(), String> {
 fn core_has_no_runtime() -> Result<(), String> {
     eprintln!("\n==> connman-core depends on no runtime");
     let out = cargo()
-        .args(["tree", "-p", "connman-core", "-e", "normal", "--prefix", "none", "--locked"])
+        .args([
+            "tree",
+            "-p",
+            "connman-core",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--locked",
+        ])
         .output()
         .map_err(|e| format!("cargo tree: {e}"))?;
     if !out.status.success() {
@@ -42,10 +66,16 @@ fn core_has_no_runtime() -> Result<(), String> {
     }
     let tree = String::from_utf8_lossy(&out.stdout);
     let runtimes = ["tokio ", "async-std ", "smol "];
-    if let Some(line) = tree.lines().find(|l| runtimes.iter().any(|r| l.starts_with(r))) {
+    if let Some(line) = tree
+        .lines()
+        .find(|l| runtimes.iter().any(|r| l.starts_with(r)))
+    {
         return Err(format!("connman-core depends on a runtime: {line}"));
     }
-    eprintln!("ok: {} crates, none of them a runtime", tree.lines().count());
+    eprintln!(
+        "ok: {} crates, none of them a runtime",
+        tree.lines().count()
+    );
     Ok(())
 }
 
@@ -53,7 +83,13 @@ fn core_has_no_runtime() -> Result<(), String> {
 fn tests() -> Result<(u64, u64), String> {
     eprintln!("\n==> tests");
     let mut child = cargo()
-        .args(["test", "--workspace", "--locked", "--no-fail-fast"])
+        .args([
+            "test",
+            "--workspace",
+            "--all-features",
+            "--locked",
+            "--no-fail-fast",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cargo test: {e}"))?;
@@ -79,7 +115,12 @@ fn tests() -> Result<(u64, u64), String> {
 fn count(summary: &str, what: &str) -> u64 {
     summary
         .split(';')
-        .find_map(|part| part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(what.trim_start()))
+        .find_map(|part| {
+            part.trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+                .strip_suffix(what.trim_start())
+        })
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0)
 }
@@ -91,7 +132,15 @@ fn loom() -> Result<(), String> {
         step(
             &format!("loom models of {package}"),
             cargo()
-                .args(["test", "-p", package, "--lib", "--release", "--locked", "loom"])
+                .args([
+                    "test",
+                    "-p",
+                    package,
+                    "--lib",
+                    "--release",
+                    "--locked",
+                    "loom",
+                ])
                 .env("RUSTFLAGS", "--cfg loom")
                 .env("LOOM_MAX_PREEMPTIONS", "2")
                 .env("CARGO_TARGET_DIR", &target),

@@ -4,7 +4,16 @@ use crate::{cargo, step};
 
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let mut cmd = cargo();
-    cmd.args(["run", "--release", "--quiet", "-p", "connman-tests", "--bin", "demo", "--"]);
+    cmd.args([
+        "run",
+        "--release",
+        "--quiet",
+        "-p",
+        "connman-tests",
+        "--bin",
+        "demo",
+        "--",
+    ]);
     cmd.args(args);
     step("demo", &mut cmd)
 }

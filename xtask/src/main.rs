@@ -21,7 +21,9 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&args[1..]),
         Some("tidy") => tidy::run(),
         _ => {
-            eprintln!("usage: cargo xtask <ci | demo [--seconds N] | bench [--quick] [NAME] | tidy>");
+            eprintln!(
+                "usage: cargo xtask <ci | demo [--seconds N] | bench [--quick] [NAME] | tidy>"
+            );
             return ExitCode::from(2);
         }
     };
@@ -50,7 +52,9 @@ fn cargo() -> Command {
 /// Runs a command, echoing it first, and fails if it fails.
 fn step(step: &str, cmd: &mut Command) -> Result<(), String> {
     eprintln!("\n==> {step}");
-    let status = cmd.status().map_err(|e| format!("{step}: cannot start: {e}"))?;
+    let status = cmd
+        .status()
+        .map_err(|e| format!("{step}: cannot start: {e}"))?;
     if status.success() {
         Ok(())
     } else {

@@ -12,8 +12,14 @@ pub(crate) fn run() -> Result<(), String> {
     eprintln!("\n==> tidy");
     let mut problems = Vec::new();
     for file in rust_files(&root()) {
-        let Ok(text) = fs::read_to_string(&file) else { continue };
-        let rel = file.strip_prefix(root()).unwrap_or(&file).display().to_string();
+        let Ok(text) = fs::read_to_string(&file) else {
+            continue;
+        };
+        let rel = file
+            .strip_prefix(root())
+            .unwrap_or(&file)
+            .display()
+            .to_string();
         if rel.starts_with("xtask/") {
             continue;
         }
@@ -42,7 +48,9 @@ fn fixed_port(line: &str) -> Option<&str> {
     for host in ["127.0.0.1:", "localhost:", "0.0.0.0:", "[::1]:"] {
         if let Some(i) = line.find(host) {
             let rest = &line[i + host.len()..];
-            let digits: &str = &rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len())];
+            let digits: &str = &rest[..rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len())];
             if !digits.is_empty() && digits != "0" {
                 return Some(digits);
             }
@@ -53,7 +61,9 @@ fn fixed_port(line: &str) -> Option<&str> {
 
 fn rust_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let Ok(entries) = fs::read_dir(dir) else { return out };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return out;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name();
@@ -75,7 +85,10 @@ mod tests {
 
     #[test]
     fn spots_fixed_ports() {
-        assert_eq!(fixed_port(r#"TcpListener::bind("127.0.0.1:8124")"#), Some("8124"));
+        assert_eq!(
+            fixed_port(r#"TcpListener::bind("127.0.0.1:8124")"#),
+            Some("8124")
+        );
         assert_eq!(fixed_port(r#"TcpListener::bind("127.0.0.1:0")"#), None);
         assert_eq!(fixed_port(r#"let s = "127.0.0.1:8124";"#), None);
     }
