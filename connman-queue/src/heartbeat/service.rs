@@ -32,18 +32,26 @@ pub struct Heartbeat<S> {
 
 struct Monitor {
     dead: CancellationToken,
-    reason: OnceLock<SharedError>,
+    reason: OnceLock<Reason>,
+}
+
+/// Why the link was declared dead; kept as concrete types so that callers can downcast the source.
+#[derive(Clone)]
+enum Reason {
+    Timeout(PingTimeout),
+    Failed(PingFailed),
 }
 
 impl Monitor {
-    fn declare_dead(&self, reason: SharedError) {
+    fn declare_dead(&self, reason: Reason) {
         let _ = self.reason.set(reason);
         self.dead.cancel();
     }
 
     fn error(&self) -> LinkLost {
         match self.reason.get() {
-            Some(reason) => LinkLost::with_source(reason.clone()),
+            Some(Reason::Timeout(e)) => LinkLost::with_source(e.clone()),
+            Some(Reason::Failed(e)) => LinkLost::with_source(e.clone()),
             None => LinkLost::new(),
         }
     }
@@ -247,7 +255,7 @@ async fn pinger<S, Req, P>(
                 let _ = events.send(HeartbeatEvent::Failed {
                     error: error.clone(),
                 });
-                monitor.declare_dead(Arc::new(PingFailed::new(error)));
+                monitor.declare_dead(Reason::Failed(PingFailed::new(error)));
                 return;
             }
             Err(_) => {
@@ -255,7 +263,7 @@ async fn pinger<S, Req, P>(
                 let _ = events.send(HeartbeatEvent::TimedOut {
                     timeout: config.timeout(),
                 });
-                monitor.declare_dead(Arc::new(PingTimeout::new(config.timeout())));
+                monitor.declare_dead(Reason::Timeout(PingTimeout::new(config.timeout())));
                 return;
             }
         }
