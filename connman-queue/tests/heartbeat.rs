@@ -125,12 +125,17 @@ async fn up_09_half_open_detected_within_interval_plus_timeout() {
     ready(&mut hb).await.expect("not yet declared dead");
     let err = in_flight.await.expect("task").expect_err("link died");
     assert_eq!(start.elapsed(), secs(15));
-    let md = err.downcast_ref::<MaybeDelivered>().expect("MaybeDelivered");
+    let md = err
+        .downcast_ref::<MaybeDelivered>()
+        .expect("MaybeDelivered");
     assert!(std::error::Error::source(md).is_some_and(|e| e.is::<LinkLost>()));
     let err = ready(&mut hb).await.expect_err("dead");
     let lost = err.downcast_ref::<LinkLost>().expect("LinkLost");
     assert!(std::error::Error::source(lost).is_some_and(|e| e.is::<PingTimeout>()));
-    assert!(matches!(events.try_recv(), Ok(HeartbeatEvent::TimedOut { .. })));
+    assert!(matches!(
+        events.try_recv(),
+        Ok(HeartbeatEvent::TimedOut { .. })
+    ));
 }
 
 /// UP-10: a remote that cannot answer pings gives a typed error and an event, never a crash.
@@ -178,7 +183,12 @@ async fn dead_link_is_replaced_by_reconnect() {
     let mut rx = reconnect.subscribe();
     let mut svc = reconnect.layer(heartbeat.layer(mk));
     assert_eq!(
-        svc.ready().await.expect("up").call("a".into()).await.expect("a"),
+        svc.ready()
+            .await
+            .expect("up")
+            .call("a".into())
+            .await
+            .expect("a"),
         "a"
     );
     let first = peers.lock().expect("peers")[0].clone();
@@ -186,7 +196,12 @@ async fn dead_link_is_replaced_by_reconnect() {
     tokio::time::sleep(secs(4)).await;
     // The heartbeat declared the first link dead at 3 s; the next request goes through a new connection.
     assert_eq!(
-        svc.ready().await.expect("up").call("b".into()).await.expect("b"),
+        svc.ready()
+            .await
+            .expect("up")
+            .call("b".into())
+            .await
+            .expect("b"),
         "b"
     );
     assert_eq!(peers.lock().expect("peers").len(), 2);

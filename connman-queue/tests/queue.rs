@@ -41,7 +41,7 @@ async fn ready(queue: &mut Queue<Mock, &'static str>) {
 async fn req_and_res() {
     let (mut queue, mut handle) = default_queue();
     ready(&mut queue).await;
-    let mut response = task::spawn(queue.call("hello"));
+    let response = queue.call("hello");
     let (req, send) = handle.next_request().await.expect("request");
     assert_eq!(req, "hello");
     send.send_response("world");
@@ -57,7 +57,7 @@ async fn clears_canceled_requests() {
     ready(&mut queue).await;
     let res2 = queue.call("hello2");
     ready(&mut queue).await;
-    let mut res3 = task::spawn(queue.call("hello3"));
+    let res3 = queue.call("hello3");
     assert_eq!(queue.stats().len, 3);
     drop(res2);
     assert_eq!(queue.stats().len, 2);

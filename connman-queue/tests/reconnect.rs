@@ -74,7 +74,9 @@ async fn schedule_to_the_instant_and_no_request_fails_for_a_failed_attempt() {
 #[tokio::test(start_paused = true)]
 async fn reset_after_stable_connection() {
     let (mk, mut mk_handle) = maker();
-    let mut rc = ReconnectLayer::new("peer").backoff(presets::connman()).layer(mk);
+    let mut rc = ReconnectLayer::new("peer")
+        .backoff(presets::connman())
+        .layer(mk);
     let start = Instant::now();
     let first = tokio::spawn(async move { ready(&mut rc).await.map(|()| rc) });
     for _ in 0..2 {
@@ -178,7 +180,10 @@ async fn up_17_close_while_connecting_cancels_the_connect() {
     close.close();
     let err = call.await.expect("task").expect_err("closed");
     assert!(err.is::<Closed>());
-    assert!(dropped.load(Ordering::SeqCst), "the connect in flight was dropped");
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the connect in flight was dropped"
+    );
     assert_eq!(*state.borrow(), State::Closed);
 }
 
@@ -337,7 +342,11 @@ async fn up_08_hook_timeout_fails_the_attempt() {
         })
         .expect("a failed attempt");
     assert!(failed.is::<Elapsed>());
-    assert!(ReconnectLayer::new(()).hook_timeout(Duration::ZERO).is_err());
+    assert!(
+        ReconnectLayer::new(())
+            .hook_timeout(Duration::ZERO)
+            .is_err()
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -368,7 +377,9 @@ async fn fatal_failure_fails_for_good() {
 #[tokio::test(start_paused = true)]
 async fn give_up_fails_for_good() {
     let mk = tower::service_fn(|_: &'static str| async { Err::<Conn, BoxError>("refused".into()) });
-    let backoff = Constant::new(ms(10)).with_max_attempts(2).expect("attempts");
+    let backoff = Constant::new(ms(10))
+        .with_max_attempts(2)
+        .expect("attempts");
     let mut rc = ReconnectLayer::new("peer").backoff(backoff).layer(mk);
     let err = poll_fn(|cx| Service::<&'static str>::poll_ready(&mut rc, cx))
         .await
@@ -390,7 +401,7 @@ async fn up_15_close_while_up() {
     );
     ready.expect("up");
     rc.close();
-    assert!(matches!(conn.next_request().await, None), "connection dropped");
+    assert!(conn.next_request().await.is_none(), "connection dropped");
     let err = poll_fn(|cx| Service::<&'static str>::poll_ready(&mut rc, cx))
         .await
         .expect_err("closed");
@@ -407,7 +418,9 @@ async fn up_15_close_while_up() {
 #[tokio::test(start_paused = true)]
 async fn reconnect_new_serves_requests() {
     let mk = tower::service_fn(|_: &'static str| async {
-        Ok::<_, BoxError>(tower::service_fn(|n: u32| async move { Ok::<_, BoxError>(n + 1) }))
+        Ok::<_, BoxError>(tower::service_fn(|n: u32| async move {
+            Ok::<_, BoxError>(n + 1)
+        }))
     });
     let rc = Reconnect::new(mk, "peer");
     assert_eq!(rc.oneshot(1).await.expect("ok"), 2);

@@ -72,7 +72,10 @@ async fn up_24_queued_calls_survive_repeated_flapping() {
         tokio::time::sleep(ms(1)).await;
     }
     for (i, call) in calls.into_iter().enumerate() {
-        assert_eq!(call.await.expect("task").expect("answer"), format!("re: call {i}"));
+        assert_eq!(
+            call.await.expect("task").expect("answer"),
+            format!("re: call {i}")
+        );
     }
     let sent = log.lock().expect("log").clone();
     let want: Vec<String> = (0..40).map(|i| format!("call {i}")).collect();
@@ -113,7 +116,12 @@ async fn up_16_up_17_queue_close_cancels_connect_below() {
     tokio::time::sleep(ms(10)).await;
     assert!(!dropped.load(Ordering::SeqCst));
     queue.close();
-    assert!(call.await.expect("task").expect_err("closed").is::<Closed>());
+    assert!(
+        call.await
+            .expect("task")
+            .expect_err("closed")
+            .is::<Closed>()
+    );
     assert!(dropped.load(Ordering::SeqCst), "connect cancelled");
     assert!(state.borrow().is_closed());
     let later = queue.ready().await.expect_err("closed for good");
@@ -139,7 +147,12 @@ async fn up_18_queue_close_cancels_backoff_timer() {
     let call = tokio::spawn(queue.oneshot("hello".to_string()));
     tokio::time::sleep(ms(500)).await;
     handle.close();
-    assert!(call.await.expect("task").expect_err("closed").is::<Closed>());
+    assert!(
+        call.await
+            .expect("task")
+            .expect_err("closed")
+            .is::<Closed>()
+    );
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(connects.load(Ordering::SeqCst), 1);
     let all: Vec<_> = std::iter::from_fn(|| events.try_recv().ok()).collect();
