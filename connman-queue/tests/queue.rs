@@ -376,11 +376,26 @@ async fn reject_when_full_is_overloaded() {
     let (mut queue, mut handle) = new_queue(layer);
     handle.allow(0);
     ready(&mut queue).await;
-    let _held = queue.call("a");
+    let held = queue.call("a");
     ready(&mut queue).await;
     let err = queue.call("b").await.expect_err("full");
     assert!(err.is::<Overloaded>());
     assert_eq!(queue.stats().overloaded, 1);
+    // Found full once, the handle tries again once capacity is back.
+    ready(&mut queue).await;
+    handle.allow(10);
+    let (_, send) = handle.next_request().await.expect("a");
+    send.send_response("a");
+    assert_eq!(held.await.expect("a"), "a");
+    let _ = queue
+        .call("c")
+        .await
+        .expect_err("the earlier poll_ready found it full");
+    ready(&mut queue).await;
+    let c = queue.call("c");
+    let (_, send) = handle.next_request().await.expect("c");
+    send.send_response("c");
+    assert_eq!(c.await.expect("c"), "c");
 }
 
 #[test]

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use connman_core::backoff::Constant;
 use connman_core::error::{BoxError, Closed};
-use connman_queue::queue::{Queue, QueueLayer};
+use connman_queue::queue::{Queue, QueueLayer, ServiceFailed};
+use connman_queue::reconnect::GaveUp;
 use connman_queue::reconnect::ReconnectLayer;
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
@@ -197,4 +198,31 @@ async fn up_05_up_06_queued_requests_go_after_the_hook() {
         *log.lock().expect("log"),
         ["auth", "call 0", "call 1", "call 2"]
     );
+}
+
+/// When the link below gives up for good, what waits fails with a typed error that says why, and so does every later
+/// request: nothing hangs.
+#[tokio::test(start_paused = true)]
+async fn give_up_below_fails_queued_with_the_reason() {
+    let mk =
+        tower::service_fn(|_: &'static str| async { Err::<Flaky, BoxError>("refused".into()) });
+    let backoff = Constant::new(ms(10))
+        .with_max_attempts(3)
+        .expect("attempts");
+    let queue: Queue<_, String> = ServiceBuilder::new()
+        .layer(QueueLayer::new())
+        .layer(ReconnectLayer::new("peer").backoff(backoff))
+        .service(mk);
+    let err = queue
+        .clone()
+        .oneshot("x".to_string())
+        .await
+        .expect_err("gave up");
+    let failed = err.downcast_ref::<ServiceFailed>().expect("ServiceFailed");
+    assert!(std::error::Error::source(failed).is_some_and(|e| e.is::<GaveUp>()));
+    let later = queue
+        .oneshot("y".to_string())
+        .await
+        .expect_err("still failed");
+    assert!(later.is::<ServiceFailed>());
 }

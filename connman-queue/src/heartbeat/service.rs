@@ -114,6 +114,11 @@ impl<S> Heartbeat<S> {
         &mut self.inner
     }
 
+    /// The connection, by value; its pinger stops.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
     /// Whether a ping failed or timed out.
     pub fn is_dead(&self) -> bool {
         self.monitor.as_ref().is_some_and(|m| m.dead.is_cancelled())

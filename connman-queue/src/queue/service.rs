@@ -253,12 +253,16 @@ where
     type Future = ResponseFuture<S, Req>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.permit.is_some() || self.overloaded {
+        if self.permit.is_some() {
             return Poll::Ready(Ok(()));
         }
         if self.shared.reject_when_full {
+            // A handle found full before tries again: capacity may have come back since.
             match self.shared.semaphore.clone().try_acquire_owned() {
-                Ok(permit) => self.permit = Some(permit),
+                Ok(permit) => {
+                    self.overloaded = false;
+                    self.permit = Some(permit);
+                }
                 Err(TryAcquireError::NoPermits) => self.overloaded = true,
                 Err(TryAcquireError::Closed) => return Poll::Ready(Err(self.shared.failure())),
             }
