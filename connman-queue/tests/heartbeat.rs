@@ -210,3 +210,17 @@ async fn dead_link_is_replaced_by_reconnect() {
         .count();
     assert_eq!(lost, 1);
 }
+
+/// Dropping the connection stops its pinger: no task outlives the link.
+#[tokio::test(start_paused = true)]
+async fn dropping_the_connection_stops_the_pinger() {
+    let peer = peer();
+    let hb = layer(HeartbeatConfig::default()).wrap(FakeConn(peer.clone()));
+    tokio::time::sleep(secs(11)).await;
+    assert_eq!(peer.pings.load(Ordering::SeqCst), 1);
+    drop(hb);
+    tokio::time::sleep(secs(60)).await;
+    assert_eq!(peer.pings.load(Ordering::SeqCst), 1);
+    // Only this test's handle is left: the pinger let go of its clone of the connection.
+    assert_eq!(Arc::strong_count(&peer), 1);
+}

@@ -47,6 +47,8 @@ async fn accept(mk: &mut MakerHandle) -> ConnHandle {
     handle
 }
 
+/// The backoff schedule to the instant; the connector is called for every attempt (UP-20); and a request waits
+/// through failed attempts instead of failing with the first one.
 #[tokio::test(start_paused = true)]
 async fn schedule_to_the_instant_and_no_request_fails_for_a_failed_attempt() {
     let (mk, mut mk_handle) = maker();

@@ -23,7 +23,8 @@ use super::layer::{BoxBackoff, Classifier, CloseHandle, ReconnectLayer};
 /// error for a retriable failure, so no request fails just because one attempt failed (the flaw of tower's
 /// `Reconnect`, tower#60). When the connection's own `poll_ready` fails, the link is lost: the connection is dropped and
 /// a new one made after the backoff (no hot loop, tower#244). A fatal failure, a backoff that gives up or a close make
-/// `poll_ready` fail for good: with [`FatalConnect`], [`GaveUp`] or [`Closed`].
+/// `poll_ready` fail for good: with [`FatalConnect`], [`GaveUp`] or [`Closed`]. A backoff of zero reconnects at once,
+/// yielding to the scheduler every few attempts rather than spinning inside one `poll_ready`.
 ///
 /// ```
 /// use connman_queue::reconnect::Reconnect;
