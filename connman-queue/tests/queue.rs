@@ -506,3 +506,50 @@ async fn dropping_every_handle_stops_the_worker() {
     settle().await;
     assert!(weak.upgrade().is_none(), "the worker let go of the service");
 }
+
+/// Many handles on a multi-threaded runtime, with a service that reports every seventh request unsent: every request
+/// gets its own answer exactly once, and the bounds hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_callers_with_replays() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let service = tower::service_fn(move |req: u64| {
+        let n = c.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n % 7 == 3 {
+                Err::<u64, BoxError>(NotSent::new().into())
+            } else {
+                Ok(req)
+            }
+        }
+    });
+    let queue = Queue::new(service, &QueueLayer::new().capacity(16).expect("capacity"));
+    let run = async {
+        let tasks: Vec<_> = (0..4u64)
+            .map(|t| {
+                let mut queue = queue.clone();
+                tokio::spawn(async move {
+                    for i in 0..500u64 {
+                        let req = t * 1000 + i;
+                        let res = queue.ready().await.expect("ready").call(req).await;
+                        assert_eq!(res.expect("answer"), req);
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("task");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("finished in time");
+    let stats = queue.stats();
+    assert!(stats.replayed > 0);
+    assert_eq!((stats.len, stats.weight), (0, 0));
+    assert_eq!(
+        calls.load(Ordering::SeqCst) as u64,
+        2000 + stats.replayed,
+        "one call per request plus one per replay"
+    );
+}
