@@ -21,6 +21,26 @@ use super::shared::{self, Shared, Submitted};
 /// A clone is a new handle to the same queue (like `tower::buffer::Buffer`); each clone reserves its own capacity in
 /// `poll_ready`. Requests must be `Clone`: a request stays with the queue until it is answered, so that one that was
 /// not sent can be replayed.
+///
+/// ```
+/// use connman_core::error::BoxError;
+/// use connman_queue::queue::{CallOptions, QueueLayer};
+/// use tower::{Layer, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), BoxError> {
+/// let echo = service_fn(|req: &'static str| async move { Ok::<_, BoxError>(req) });
+/// let mut queue = QueueLayer::new().layer(echo);
+///
+/// // Up and nothing waiting: the request goes straight through.
+/// assert_eq!(queue.ready().await?.call_with("hi", CallOptions::new().idempotent()).await?, "hi");
+/// assert_eq!(queue.stats().direct, 1);
+///
+/// // Closed: every later request fails with `Closed`.
+/// queue.handle().close();
+/// assert!(queue.ready().await.is_err());
+/// # Ok(()) }
+/// ```
 pub struct Queue<S: tower_service::Service<Req>, Req> {
     shared: Arc<Shared<S, Req>>,
     semaphore: PollSemaphore,
