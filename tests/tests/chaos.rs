@@ -147,7 +147,7 @@ fn queue_layer() -> QueueLayer<String> {
 
 /// One full stack to `addr`, with the receiver of its heartbeat events.
 fn stack(addr: SocketAddr) -> (Stack, broadcast::Receiver<HeartbeatEvent>) {
-    let config = HeartbeatConfig::new(ms(300), ms(150)).expect("valid heartbeat");
+    let config = HeartbeatConfig::new(ms(120), ms(60)).expect("valid heartbeat");
     let heartbeat = HeartbeatLayer::new(config, ping as fn() -> String);
     let beats = heartbeat.subscribe();
     let link = ReconnectLayer::new(addr)
@@ -537,6 +537,10 @@ async fn chaos_nothing_lost_under_faults_and_restarts() {
         tally.blackholes_detected,
         blackholes * tally.stacks,
         "the heartbeat of every stack sees every blackhole"
+    );
+    assert!(
+        arrivals.pings > 0,
+        "no heartbeat ping went through the stack"
     );
     assert!(
         report.counts().ok > 0 && report.counts().maybe_delivered > 0,
