@@ -1,0 +1,18 @@
+//! The client side: [`WsConnector`] connects through any IO transport, then performs the handshake with a timeout.
+//!
+//! The inner transport is any `tower_service::Service<HostPort>` whose connection is `AsyncRead + AsyncWrite`:
+//! connman-tcp's `TcpConnector`, a TLS connector over it for `wss://`, or a function handing out an in-memory
+//! `tokio::io::duplex` in tests. The target is anything tungstenite turns into a request: a `ws://` URL as `&str`,
+//! `String` or `Uri`, an `http::Request<()>`, or a
+//! [`ClientRequestBuilder`](tokio_tungstenite::tungstenite::ClientRequestBuilder) with headers and subprotocols.
+//! The host and port come from the URL (port 80 for `ws://` and 443 for `wss://` when none is given).
+//!
+//! A connector is a [`Transport`](connman_core::Transport), so connman-queue's `Reconnect` can supervise it.
+
+mod future;
+mod layer;
+mod service;
+
+pub use future::WsConnectFuture;
+pub use layer::WsConnectorLayer;
+pub use service::WsConnector;
