@@ -44,7 +44,7 @@
 //! assert!(group.add("chat", "late", late).is_err());
 //! let done = drain.await;
 //! assert_eq!(done.closed, 4);
-//! // Four members at two per second: batches at 0 s and 1 s.
+//! // Four members at two per second: closes begin at 0, 0.5, 1 and 1.5 s.
 //! assert!(start.elapsed() >= std::time::Duration::from_secs(1));
 //!
 //! // Every member got the broadcast (chat only), then a close with 4200, "reconnect shortly".

@@ -3,9 +3,11 @@
 //! [`Group::drain`] first stops admitting (a new [`Group::add`] fails with
 //! [`Draining`](connman_core::error::Draining), and every [`DrainSignal`] of the group fires), then closes members:
 //!
-//! * [`DrainConfig::max_per_second`]`(r)`: in batches of at most `r`, one batch per second, across all namespaces
-//!   together. `n` members take `⌈n/r⌉` batches, the last one starting `⌈n/r⌉ − 1` seconds after the first, and no
-//!   1-second window ever sees more than `r` closes begin.
+//! * [`DrainConfig::max_per_second`]`(r)`: one close every `1/r` seconds, across all namespaces together: the close
+//!   of the `k`-th member (from 0) begins `k/r` seconds after the drain starts. `n` members take `(n − 1)/r` seconds
+//!   (at least `⌈n/r⌉ − 1`), and no 1-second window ever sees more than `r` closes begin. Evenly spaced closes, rather
+//!   than batches of `r` on the second, also keep their completions (and the clients' reconnects) from bunching up
+//!   when a close takes a little longer than usual.
 //! * [`DrainConfig::over`]`(window)`: spread evenly over the window (Envoy's gradual drain): member `i` of `n` is
 //!   closed at `i · window / n`.
 //!
@@ -41,7 +43,7 @@
 //! assert!(group.add("even", "late", late).is_err());
 //!
 //! let report = drain.await;
-//! // 5 members at 2 per second: batches at 0 s, 1 s and 2 s.
+//! // 5 members at 2 per second: closes at 0, 0.5, 1, 1.5 and 2 s.
 //! assert_eq!(start.elapsed(), Duration::from_secs(2));
 //! assert_eq!((report.total, report.closed), (5, 5));
 //! assert_eq!(progress.borrow().closed, 5);
@@ -157,7 +159,13 @@ impl DrainConfig {
     fn due(&self, start: Instant, index: usize, started: u64, total: usize) -> Instant {
         match self.pace {
             Pace::PerSecond(rate) => {
-                later(start, Duration::from_secs(started / u64::from(rate.get())))
+                // Evenly spaced, one close every 1/rate seconds: any 1-second window holds at most `rate` close
+                // starts, and a little jitter in when each one completes cannot bunch two batches into one window.
+                let nanos = u128::from(started) * 1_000_000_000 / u128::from(rate.get());
+                later(
+                    start,
+                    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX)),
+                )
             }
             Pace::Over(window) => {
                 // Exact integer arithmetic: index < total, so the result is below the window.
