@@ -16,6 +16,7 @@ mod echo;
 mod group;
 mod registry;
 mod report;
+mod stack;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -38,10 +39,16 @@ async fn main() -> ExitCode {
     clock.say("demo", &format!("running for {seconds} s on loopback"));
 
     let echo = tokio::spawn(echo::run(clock.clone(), total));
+    let stack = tokio::spawn(stack::run(clock.clone(), total));
     let registry = tokio::spawn(registry::run(clock.clone()));
     let group = tokio::spawn(group::run(clock.clone(), total));
     let mut rows: Vec<Row> = Vec::new();
-    for (name, handle) in [("echo", echo), ("registry", registry), ("group", group)] {
+    for (name, handle) in [
+        ("echo", echo),
+        ("queue stack", stack),
+        ("registry", registry),
+        ("group", group),
+    ] {
         match handle.await {
             Ok(Ok(mut section)) => rows.append(&mut section),
             Ok(Err(e)) => {
