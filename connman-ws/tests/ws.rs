@@ -469,3 +469,50 @@ fn invalid_settings_are_rejected() {
         assert!(!err.reason().is_empty());
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_through_a_slow_pipe_arrives_whole_while_pings_flow() {
+    let heartbeat = WsConfig::builder()
+        .heartbeat(Some((
+            Duration::from_millis(100),
+            Duration::from_millis(50),
+        )))
+        .build()
+        .unwrap();
+    // A pipe far smaller than the burst, so the sending half waits on the socket while the receive half flushes
+    // pings through the same connection: neither may miss its wake-up.
+    let (a, b) = duplex(512);
+    let server =
+        tokio::spawn(async move { accept(b, &AcceptConfig::new(heartbeat)).await.unwrap() });
+    let mut client = duplex_connector(a, heartbeat)
+        .oneshot("ws://test.invalid/")
+        .await
+        .unwrap();
+    let (mut member, mut incoming) = server.await.unwrap().split();
+    let reader =
+        tokio::spawn(async move { incoming.next().await.map(|r| r.map_err(|e| e.to_string())) });
+    let writer = tokio::spawn(async move {
+        for i in 0..300u32 {
+            member
+                .feed(Bytes::from(vec![(i % 251) as u8; 1024]))
+                .await
+                .unwrap();
+        }
+        member.flush().await.unwrap();
+        member
+    });
+    let outcome = timeout(Duration::from_secs(60), async {
+        for i in 0..300u32 {
+            let got = client.next().await.unwrap().unwrap().into_bytes().unwrap();
+            assert_eq!(got, Bytes::from(vec![(i % 251) as u8; 1024]));
+            if i % 50 == 0 {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        }
+    })
+    .await;
+    assert!(outcome.is_ok(), "the burst stalled");
+    let _member = writer.await.unwrap();
+    // The server's receive half is still waiting for messages: no pong timeout, no error.
+    assert!(!reader.is_finished());
+}

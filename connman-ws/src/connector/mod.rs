@@ -1,7 +1,7 @@
 //! The client side: [`WsConnector`] connects through any IO transport, then performs the handshake with a timeout.
 //!
 //! The inner transport is any `tower_service::Service<HostPort>` whose connection is `AsyncRead + AsyncWrite`:
-//! connman-tcp's `TcpConnector`, a TLS connector over it for `wss://`, or a function handing out an in-memory
+//! connman-tcp's `TcpConnector`, its `tls::TlsConnector` (feature `tls` of connman-tcp) for `wss://`, or a function handing out an in-memory
 //! `tokio::io::duplex` in tests. The target is anything tungstenite turns into a request: a `ws://` URL as `&str`,
 //! `String` or `Uri`, an `http::Request<()>`, or a
 //! [`ClientRequestBuilder`](tokio_tungstenite::tungstenite::ClientRequestBuilder) with headers and subprotocols.
