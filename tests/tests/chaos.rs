@@ -135,11 +135,17 @@ fn make() -> Make {
     .max_in_flight(64)
 }
 
+/// How many requests each queue is responsible for at most.
+const QUEUE_CAPACITY: usize = 256;
+
+/// How many request bytes each queue is responsible for at most.
+const QUEUE_MAX_WEIGHT: usize = 64 * 1024;
+
 /// The queue settings of the chaos stacks.
 fn queue_layer() -> QueueLayer<String> {
     QueueLayer::new()
-        .capacity(256)
-        .and_then(|l| l.max_weight(64 * 1024))
+        .capacity(QUEUE_CAPACITY)
+        .and_then(|l| l.max_weight(QUEUE_MAX_WEIGHT))
         .and_then(|l| l.max_wait(Duration::from_secs(10)))
         .expect("valid queue settings")
         .weigh(String::len)
@@ -268,25 +274,50 @@ impl FaultTally {
     }
 }
 
-/// The proxy fault kinds, in the order the fault task cycles through them.
-const SCHEDULE: [&str; 16] = [
-    "cut_after",
-    "reset_now",
-    "slice_writes",
-    "delay",
-    "refuse",
-    "cut_after",
-    "reset_now",
-    "slice_writes",
-    "delay",
-    "refuse",
-    "cut_after",
-    "reset_now",
-    "slice_writes",
-    "delay",
-    "refuse",
-    "blackhole",
+/// A fault of the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    CutAfter,
+    ResetNow,
+    SliceWrites,
+    Delay,
+    Refuse,
+    Blackhole,
+}
+
+impl Fault {
+    const fn name(self) -> &'static str {
+        match self {
+            Fault::CutAfter => "cut_after",
+            Fault::ResetNow => "reset_now",
+            Fault::SliceWrites => "slice_writes",
+            Fault::Delay => "delay",
+            Fault::Refuse => "refuse",
+            Fault::Blackhole => "blackhole",
+        }
+    }
+}
+
+/// The faults the fault task cycles through.
+const CYCLE: [Fault; 5] = [
+    Fault::CutAfter,
+    Fault::ResetNow,
+    Fault::SliceWrites,
+    Fault::Delay,
+    Fault::Refuse,
 ];
+
+/// Every this many faults one is a blackhole; it costs the heartbeat's detection time, so it comes less often.
+const BLACKHOLE_EVERY: u64 = 16;
+
+/// The `i`-th fault of the run.
+fn fault_at(i: u64) -> Fault {
+    if i % BLACKHOLE_EVERY == BLACKHOLE_EVERY - 1 {
+        Fault::Blackhole
+    } else {
+        CYCLE[((i % BLACKHOLE_EVERY) % CYCLE.len() as u64) as usize]
+    }
+}
 
 /// Restart the echo server after every this many faults.
 const RESTART_EVERY: u64 = 25;
@@ -320,9 +351,9 @@ impl Chaos {
                 self.restart_server().await;
                 tally.restarts += 1;
             }
-            let kind = SCHEDULE[(i % SCHEDULE.len() as u64) as usize];
-            self.inject(kind, &mut tally).await;
-            *tally.by_kind.entry(kind).or_insert(0) += 1;
+            let fault = fault_at(i);
+            self.inject(fault, &mut tally).await;
+            *tally.by_kind.entry(fault.name()).or_insert(0) += 1;
             i += 1;
         }
         self.proxy.heal();
@@ -334,31 +365,31 @@ impl Chaos {
         (tally, self.server)
     }
 
-    async fn inject(&mut self, kind: &'static str, tally: &mut FaultTally) {
+    async fn inject(&mut self, fault: Fault, tally: &mut FaultTally) {
         let proxy = &self.proxy;
-        match kind {
-            "cut_after" => {
+        match fault {
+            Fault::CutAfter => {
                 proxy.cut_after(self.rng.u64(0..400));
                 sleep(ms(60)).await;
             }
-            "reset_now" => {
+            Fault::ResetNow => {
                 proxy.reset_now();
                 sleep(ms(40)).await;
             }
-            "slice_writes" => {
+            Fault::SliceWrites => {
                 proxy.slice_writes(self.rng.usize(1..16));
                 sleep(ms(60)).await;
             }
-            "delay" => {
+            Fault::Delay => {
                 proxy.delay(ms(self.rng.u64(1..4)));
                 sleep(ms(60)).await;
             }
-            "refuse" => {
+            Fault::Refuse => {
                 proxy.refuse().await;
                 sleep(ms(60)).await;
                 proxy.restore().await.expect("the proxy port is free");
             }
-            "blackhole" => {
+            Fault::Blackhole => {
                 for beats in &mut self.beats {
                     while let Ok(event) = beats.try_recv() {
                         if matches!(event, HeartbeatEvent::Pong { .. }) {
@@ -376,7 +407,6 @@ impl Chaos {
                 // links that went through the blackhole are reset before forwarding resumes.
                 proxy.reset_now();
             }
-            other => unreachable!("unknown fault {other}"),
         }
         proxy.heal();
     }
@@ -397,9 +427,10 @@ impl Chaos {
     fn sample_gauges(&self) {
         for queue in &self.queues {
             let stats = queue.stats();
-            self.log.gauge("queue len", stats.len as u64, 256);
             self.log
-                .gauge("queue weight", stats.weight as u64, 64 * 1024);
+                .gauge("queue len", stats.len as u64, QUEUE_CAPACITY as u64);
+            self.log
+                .gauge("queue weight", stats.weight as u64, QUEUE_MAX_WEIGHT as u64);
         }
         self.log
             .gauge("proxy connections", self.proxy.stats().live, 1024);
@@ -499,7 +530,12 @@ async fn chaos_nothing_lost_under_faults_and_restarts() {
         tally.by_kind,
         tally.restarts,
         tally.blackholes_detected,
-        tally.by_kind.get("blackhole").copied().unwrap_or(0) * tally.stacks,
+        tally
+            .by_kind
+            .get(Fault::Blackhole.name())
+            .copied()
+            .unwrap_or(0)
+            * tally.stacks,
         tally.pongs,
     );
     println!("proxy {pstats:?}");
@@ -531,7 +567,11 @@ async fn chaos_nothing_lost_under_faults_and_restarts() {
         pstats.sliced > 0 && pstats.delayed > 0 && pstats.blackholed > 0,
         "{pstats:?}"
     );
-    let blackholes = tally.by_kind.get("blackhole").copied().unwrap_or(0);
+    let blackholes = tally
+        .by_kind
+        .get(Fault::Blackhole.name())
+        .copied()
+        .unwrap_or(0);
     assert!(blackholes > 0, "no blackhole");
     assert_eq!(
         tally.blackholes_detected,
