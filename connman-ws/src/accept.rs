@@ -71,8 +71,8 @@ impl AcceptConfig {
         self
     }
 
-    /// The subprotocols the server speaks, best first. The first of them that the client offers is chosen; a client that
-    /// offers only others is refused with HTTP 400. Without any, offered subprotocols are ignored.
+    /// The subprotocols the server speaks, best first. The first of them that the client offers is chosen; a client
+    /// that offers only others is refused with HTTP 400. Without any, offered subprotocols are ignored.
     pub fn subprotocols(mut self, protocols: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.subprotocols = protocols.into_iter().map(Into::into).collect();
         self
@@ -104,8 +104,9 @@ impl fmt::Debug for AcceptConfig {
 /// Performs the server handshake on `io` within the [handshake timeout](WsConfig::handshake_timeout).
 ///
 /// Errors: [`HandshakeTimeout`], [`NotFound`] when the router refuses the request,
-/// [`ProtocolViolation`](crate::error::ProtocolViolation) for a request that is not a WebSocket handshake (or
-/// offers none of the subprotocols), [`std::io::Error`] when the socket fails. Each concerns this socket only.
+/// [`HttpRejected`](crate::error::HttpRejected) with status 400 when the client offers none of the subprotocols,
+/// [`ProtocolViolation`](crate::error::ProtocolViolation) for a request that is not a WebSocket handshake,
+/// [`std::io::Error`] when the socket fails. Each concerns this socket only.
 pub async fn accept<IO>(io: IO, config: &AcceptConfig) -> Result<WsConnection<IO>, BoxError>
 where
     IO: AsyncRead + AsyncWrite + Unpin,

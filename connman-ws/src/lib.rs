@@ -5,8 +5,7 @@
 //!
 //! * [`WsConnector`] (and [`WsConnectorLayer`]): a tower layer over any IO transport (connman-tcp's `TcpConnector`,
 //!   TLS, an in-memory duplex) that connects, then performs the handshake within a timeout, for a `ws://` URL or a
-//!   request with headers and subprotocols. It is a [`Transport`](connman_core::Transport), so connman-queue's
-//!   `Reconnect` can supervise it.
+//!   request with headers and subprotocols. It is a [`Transport`](connman_core::Transport).
 //! * [`accept`]: the server handshake within a timeout, giving a [`WsConnection`] with an id and a namespace.
 //!   [`WsConnection::split`] gives a [`WsMember`] (a [`Member`](connman_core::member::Member) for a
 //!   `connman_pool::group::Group`) and a [`WsReceiver`] (the stream of incoming messages).

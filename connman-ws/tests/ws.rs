@@ -516,3 +516,22 @@ async fn a_burst_through_a_slow_pipe_arrives_whole_while_pings_flow() {
     // The server's receive half is still waiting for messages: no pong timeout, no error.
     assert!(!reader.is_finished());
 }
+
+#[tokio::test]
+async fn a_client_offering_only_unknown_subprotocols_is_refused_with_400() {
+    let (a, b) = duplex(64 * 1024);
+    let server_config = AcceptConfig::new(config()).subprotocols(["chat.v2"]);
+    let server = tokio::spawn(async move { accept(b, &server_config).await });
+    let request =
+        ClientRequestBuilder::new("ws://test.invalid/".parse().unwrap()).with_sub_protocol("other");
+    let err = duplex_connector(a, config())
+        .oneshot(request)
+        .await
+        .unwrap_err();
+    assert_eq!(err.downcast_ref::<HttpRejected>().unwrap().status(), 400);
+    let server_err = server.await.unwrap().unwrap_err();
+    assert_eq!(
+        server_err.downcast_ref::<HttpRejected>().unwrap().status(),
+        400
+    );
+}
