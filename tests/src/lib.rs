@@ -4,3 +4,8 @@
 pub mod checker;
 pub mod flaky;
 pub mod proxy;
+
+/// The README's examples, run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
