@@ -69,7 +69,8 @@ impl WsConfig {
     /// Time allowed for the opening handshake: 10 s, as connman-tcp's connect timeout (gorilla/websocket's default
     /// dialer allows 45 s; tokio-tungstenite has no limit).
     pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-    /// Time allowed for a close frame to go out when the connection closes itself on an error: 5 s.
+    /// Time allowed for a close: for our close frame to go out when the connection closes itself on an error, and for
+    /// the peer to answer a close we sent: 5 s (RFC 6455 leaves it open; the `ws` package of Node.js allows 30 s).
     pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
     /// A builder starting from the defaults.
@@ -114,7 +115,7 @@ impl WsConfig {
         self.handshake_timeout
     }
 
-    /// Time allowed for a close frame to go out when the connection closes itself on an error.
+    /// Time allowed for our close frame to go out, and for the peer to answer it.
     pub const fn close_timeout(&self) -> Duration {
         self.close_timeout
     }
@@ -198,7 +199,7 @@ impl WsConfigBuilder {
         self
     }
 
-    /// Time allowed for a close frame to go out when the connection closes itself on an error (above zero).
+    /// Time allowed for our close frame to go out, and for the peer to answer it (above zero).
     pub const fn close_timeout(mut self, timeout: Duration) -> Self {
         self.config.close_timeout = timeout;
         self

@@ -82,6 +82,7 @@ where
         let shared = Arc::new(Mutex::new(Shared {
             ws,
             writer_waker: None,
+            reader_waker: None,
             close_sent: false,
         }));
         Self {
@@ -254,8 +255,14 @@ where
             .clone()
             .unwrap_or((CloseCode::NORMAL, String::new()));
         let mut shared = lock(&this.shared);
+        let first = !shared.close_sent;
         if let Err(err) = shared.send_close(code, &reason) {
             return Poll::Ready(Err(err));
+        }
+        if first {
+            if let Some(waker) = shared.reader_waker.take() {
+                waker.wake();
+            }
         }
         drop(shared);
         match this.poll_write(cx, |ws, cx| ws.poll_flush(cx)) {
@@ -279,7 +286,8 @@ where
 /// The receiving half of a [`WsStream`]: a [`Stream`] of [`Received`] messages.
 ///
 /// Polling it answers pings, runs the heartbeat and finishes the close handshake; see [`WsStream`] for the errors it
-/// yields and the close codes it sends. It ends after the peer's close frame, or after an error.
+/// yields and the close codes it sends. It ends after the peer's close frame, after an error, or when the peer has not
+/// answered our close within [`WsConfig::close_timeout`].
 pub struct WsReceiver<IO> {
     shared: Arc<Mutex<Shared<IO>>>,
     heartbeat: Option<(Duration, Duration)>,
@@ -318,13 +326,17 @@ where
 
     /// Runs when the timer fires: a ping is due, or the pong is late.
     fn on_timer(&mut self) {
-        let Some((_, timeout)) = self.heartbeat else {
-            return;
-        };
+        let timeout = self
+            .heartbeat
+            .map_or(self.close_timeout, |(_, timeout)| timeout);
         let now = Instant::now();
         match self.beat {
             Beat::Idle => {
                 let mut shared = lock(&self.shared);
+                if shared.close_sent {
+                    drop(shared);
+                    return self.await_close_reply(now);
+                }
                 match Pin::new(&mut shared.ws).start_send(Message::Ping(Bytes::new())) {
                     Ok(()) => self.ping_unflushed = true,
                     Err(err) => {
@@ -337,8 +349,17 @@ where
                 self.timer.as_mut().reset(now + timeout);
             }
             Beat::Awaiting { .. } => self.fail(PongTimeout::new(timeout).into()),
+            // The peer did not answer our close in time: the connection is over.
+            Beat::Closing => self.done = true,
             Beat::Off => {}
         }
+    }
+
+    /// Our close frame is out: stop pinging, and give the peer the close timeout to answer it.
+    fn await_close_reply(&mut self, now: Instant) {
+        self.beat = Beat::Closing;
+        self.ping_unflushed = false;
+        self.timer.as_mut().reset(now + self.close_timeout);
     }
 
     /// Something arrived from the peer: it is alive.
@@ -421,6 +442,9 @@ where
                         .map(|close| Ok(Received::Close(close))),
                 );
             }
+            if this.beat != Beat::Closing && lock(&this.shared).close_sent {
+                this.await_close_reply(Instant::now());
+            }
             if this.beat != Beat::Off && this.timer.as_mut().poll(cx).is_ready() {
                 this.on_timer();
                 continue;
@@ -436,7 +460,13 @@ where
                     Poll::Pending => {}
                 }
             }
-            let next = Pin::new(&mut lock(&this.shared).ws).poll_next(cx);
+            let mut shared = lock(&this.shared);
+            let next = Pin::new(&mut shared.ws).poll_next(cx);
+            if next.is_pending() {
+                // The sending half wakes this task when it sends a close, so that the close timeout starts.
+                store_waker(&mut shared.reader_waker, cx.waker());
+            }
+            drop(shared);
             match next {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {
@@ -484,6 +514,8 @@ enum Beat {
     Idle,
     /// A ping went out at `sent`; the peer is late when the timer fires.
     Awaiting { sent: Instant },
+    /// Our close frame went out; the peer has until the timer fires to answer it.
+    Closing,
 }
 
 /// The connection both halves use. Each half holds the lock only for one non-blocking poll.
@@ -491,6 +523,8 @@ struct Shared<IO> {
     ws: WebSocketStream<IO>,
     /// The sending half's waker, while it waits on the socket.
     writer_waker: Option<Waker>,
+    /// The receiving half's waker, while it waits for a message.
+    reader_waker: Option<Waker>,
     /// Whether a close frame was queued by either half.
     close_sent: bool,
 }

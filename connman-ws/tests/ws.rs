@@ -535,3 +535,32 @@ async fn a_client_offering_only_unknown_subprotocols_is_refused_with_400() {
         400
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_close_the_peer_never_answers_ends_the_receiver_after_the_close_timeout() {
+    for heartbeat in [None, Some((INTERVAL, PONG_TIMEOUT))] {
+        let server_cfg = WsConfig::builder()
+            .heartbeat(heartbeat)
+            .close_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        // The raw client is never polled, so it never answers the close.
+        let (_client, server) = raw_pair(AcceptConfig::new(server_cfg)).await;
+        let (mut member, mut incoming) = server.split();
+        let reader = tokio::spawn(async move {
+            let outcome = incoming.next().await.map(|r| r.map_err(|e| e.to_string()));
+            (outcome, Instant::now())
+        });
+        // Let the receiver park on the socket first.
+        tokio::task::yield_now().await;
+        let closed_at = Instant::now();
+        member.close(CloseCode::RECONNECT, "bye").await.unwrap();
+        let (outcome, ended_at) = reader.await.unwrap();
+        assert_eq!(outcome, None, "heartbeat {heartbeat:?}");
+        assert_eq!(
+            ended_at - closed_at,
+            Duration::from_secs(2),
+            "heartbeat {heartbeat:?}"
+        );
+    }
+}
