@@ -81,6 +81,11 @@
 //!   supervised, so when the peer closes in turn it is a lost link and it reconnects, as in connman. Ending for good is
 //!   always explicit: [`Connection::disconnect`] or [`Writer::disconnect`] (from inside a handler), and dropping the
 //!   last [`Connection`] handle disconnects too.
+//! * **Callbacks are named, never positional (CN-22).** connman 1.0.0 took `(onOpen, onReset, onData)` callbacks
+//!   by position, and its pool passed them in another order than its constructor expected. [`Handler`] names each
+//!   callback, so no order can be confused; `onReset` returning a replacement `onOpen` is not carried over.
+//! * **`connect` returns the handle (CN-17).** connman's `connect()` returned nothing and `getConnection` its internal
+//!   object; [`Connection::connect`] returns the [`Connection`] handle, which named pools hold by key.
 //! * **No connect timeout was a bug (CN-11).** Each attempt is bounded, 10 s by default.
 //! * **A wrong target is fatal.** An invalid target (port 0, an empty host) closes the connection with
 //!   [`CloseReason::Fatal`](connman_core::lifecycle::CloseReason::Fatal) instead of retrying forever (CN-01, CN-10);

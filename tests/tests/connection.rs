@@ -471,3 +471,29 @@ async fn state_watch_shows_up_and_closed() {
     .await
     .expect("bounded");
 }
+
+/// CN-17: connman's `connect()` returned nothing and `getConnection` handed out its internal object. Here `connect`
+/// returns the handle itself: its writer, state watch and events all reach the one supervised socket.
+#[tokio::test]
+async fn cn_17_connect_returns_a_handle_to_the_supervised_socket() {
+    let server = FlakyServer::builder()
+        .greeting(Bytes::new())
+        .start()
+        .await
+        .unwrap();
+    timeout(BOUND, async {
+        let (rec, mut probe) = recorder(None);
+        let conn = Connection::connect(server.addr(), rec);
+        let mut events = conn.events();
+        let mut state = conn.state();
+        state.wait_for(State::is_up).await.unwrap();
+        conn.writer().write_all(b"via the handle").await.unwrap();
+        assert_eq!(probe.data(14).await, b"via the handle");
+        conn.disconnect();
+        while !matches!(events.recv().await.unwrap(), Event::Closed { .. }) {}
+        assert!(conn.is_closed());
+    })
+    .await
+    .expect("bounded");
+    assert_eq!(server.accepted(), 1);
+}
