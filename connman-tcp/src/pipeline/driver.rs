@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
+use bytes::BytesMut;
 use connman_core::error::{BoxError, MaybeDelivered, NotSent};
 use futures_core::Stream;
 use futures_sink::Sink;
@@ -17,7 +18,7 @@ use tokio_util::codec::{Decoder, Encoder, Framed};
 use super::{PipelineError, PipelineErrorKind, Request};
 
 pub(super) struct Driver<T, C, Req, Resp> {
-    framed: Framed<Pin<Box<T>>, C>,
+    framed: Framed<Pin<Box<T>>, CompleteFrames<C>>,
     rx: mpsc::Receiver<Request<Req, Resp>>,
     rx_open: bool,
     in_flight: VecDeque<InFlight<Resp>>,
@@ -50,7 +51,7 @@ where
         failure: Arc<OnceLock<PipelineError>>,
     ) -> Self {
         Self {
-            framed: Framed::new(Box::pin(io), codec),
+            framed: Framed::new(Box::pin(io), CompleteFrames(codec)),
             rx,
             rx_open: true,
             in_flight: VecDeque::new(),
@@ -185,4 +186,40 @@ where
 
 fn link_lost(source: BoxError) -> PipelineError {
     PipelineError::new(PipelineErrorKind::LinkLost, Some(source))
+}
+
+/// A codec that yields only whole frames: bytes left over when the stream ends are an error, not a last frame.
+///
+/// Some codecs (`LinesCodec`, `AnyDelimiterCodec`) hand out whatever is left at the end of the stream as a final
+/// frame. For a request/response protocol that would answer a caller with a response cut short by a lost link, as if
+/// it were whole; here it fails the connection as a lost link instead.
+pub(super) struct CompleteFrames<C>(pub(super) C);
+
+impl<C: Decoder> Decoder for CompleteFrames<C> {
+    type Item = C::Item;
+    type Error = C::Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<C::Item>, C::Error> {
+        self.0.decode(buf)
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<C::Item>, C::Error> {
+        match self.0.decode(buf)? {
+            Some(frame) => Ok(Some(frame)),
+            None if buf.is_empty() => Ok(None),
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "frame cut short by the end of the stream",
+            )
+            .into()),
+        }
+    }
+}
+
+impl<C: Encoder<Req>, Req> Encoder<Req> for CompleteFrames<C> {
+    type Error = C::Error;
+
+    fn encode(&mut self, item: Req, dst: &mut BytesMut) -> Result<(), C::Error> {
+        self.0.encode(item, dst)
+    }
 }

@@ -110,16 +110,19 @@ impl Error for PipelineError {
 /// Whether a codec error stands for a failed socket rather than bad bytes.
 ///
 /// Codecs carry I/O errors inside their own error types; the ones of tokio-util are recognised. An `io::Error` of kind
-/// `InvalidData` is a codec's complaint (`LengthDelimitedCodec` reports an oversized frame that way).
+/// `InvalidData` is a codec's complaint, wherever it is carried: `LengthDelimitedCodec` reports an oversized frame that
+/// way, and `LinesCodec` invalid UTF-8.
 fn is_link_failure(error: &(dyn Error + 'static)) -> bool {
-    if let Some(e) = error.downcast_ref::<io::Error>() {
-        return e.kind() != io::ErrorKind::InvalidData;
-    }
-    matches!(
-        error.downcast_ref::<LinesCodecError>(),
-        Some(LinesCodecError::Io(_))
-    ) || matches!(
-        error.downcast_ref::<AnyDelimiterCodecError>(),
-        Some(AnyDelimiterCodecError::Io(_))
-    )
+    let io_error = if let Some(e) = error.downcast_ref::<io::Error>() {
+        Some(e)
+    } else if let Some(LinesCodecError::Io(e)) = error.downcast_ref::<LinesCodecError>() {
+        Some(e)
+    } else if let Some(AnyDelimiterCodecError::Io(e)) =
+        error.downcast_ref::<AnyDelimiterCodecError>()
+    {
+        Some(e)
+    } else {
+        None
+    };
+    io_error.is_some_and(|e| e.kind() != io::ErrorKind::InvalidData)
 }

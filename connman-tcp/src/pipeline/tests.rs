@@ -399,3 +399,38 @@ proptest::proptest! {
         }
     }
 }
+
+/// A response cut short by the end of the stream is never handed out as a whole one, whatever the codec does with
+/// leftover bytes (`LinesCodec` would return them as a last line).
+#[tokio::test]
+async fn a_response_cut_by_the_end_of_the_stream_is_maybe_delivered_not_ok() {
+    let (client, server) = tokio::io::duplex(1024);
+    let mut p: Lines = Pipeline::new(client, LinesCodec::new());
+    ready(&mut p).await.unwrap();
+    let call = p.call("hello".into());
+    let (mut read, mut write) = tokio::io::split(server);
+    let mut buf = [0; 6];
+    read.read_exact(&mut buf).await.unwrap();
+    // Half a reply, then the peer goes away.
+    write.write_all(b"HEL").await.unwrap();
+    drop((read, write));
+    let err = call.await.unwrap_err();
+    assert!(err.is::<MaybeDelivered>(), "{err}");
+    assert!(cause(&err).is_link_lost());
+}
+
+/// Invalid UTF-8 from the peer is the codec's complaint about bad bytes, not a lost link.
+#[tokio::test]
+async fn invalid_utf8_is_a_codec_error_not_a_lost_link() {
+    let (client, server) = tokio::io::duplex(1024);
+    let mut p: Lines = Pipeline::new(client, LinesCodec::new());
+    ready(&mut p).await.unwrap();
+    let call = p.call("hello".into());
+    let (mut read, mut write) = tokio::io::split(server);
+    let mut buf = [0; 6];
+    read.read_exact(&mut buf).await.unwrap();
+    write.write_all(b"\xff\xfe\n").await.unwrap();
+    let err = call.await.unwrap_err();
+    assert!(err.is::<MaybeDelivered>(), "{err}");
+    assert!(cause(&err).is_codec(), "{:?}", cause(&err));
+}
