@@ -779,11 +779,10 @@ pub mod line {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    use bytes::BytesMut;
     use futures_util::{SinkExt, StreamExt};
     use tokio::net::{TcpListener, TcpStream};
     use tokio::task::{JoinHandle, JoinSet};
-    use tokio_util::codec::{Decoder, Encoder, Framed, LinesCodec, LinesCodecError};
+    use tokio_util::codec::{Framed, LinesCodec, LinesCodecError};
     use tokio_util::sync::CancellationToken;
 
     use super::{LogFull, ServerLog};
@@ -848,49 +847,6 @@ pub mod line {
             seq,
             payload,
         })
-    }
-
-    /// [`LinesCodec`] with a length limit that refuses an unterminated line at the end of the stream: the client codec
-    /// for this protocol.
-    ///
-    /// `LinesCodec::decode_eof` returns whatever is left as a last line; for a request/response protocol a reply cut by
-    /// a lost link would then reach its caller as if it were whole.
-    #[derive(Debug, Clone)]
-    pub struct StrictLines(LinesCodec);
-
-    impl StrictLines {
-        /// Lines of at most `max_length` bytes.
-        pub fn new(max_length: usize) -> Self {
-            Self(LinesCodec::new_with_max_length(max_length))
-        }
-    }
-
-    impl Decoder for StrictLines {
-        type Item = String;
-        type Error = LinesCodecError;
-
-        fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<String>, LinesCodecError> {
-            self.0.decode(buf)
-        }
-
-        fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<String>, LinesCodecError> {
-            match self.0.decode(buf)? {
-                Some(line) => Ok(Some(line)),
-                None if buf.is_empty() => Ok(None),
-                None => Err(LinesCodecError::Io(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "line cut short by the end of the stream",
-                ))),
-            }
-        }
-    }
-
-    impl Encoder<String> for StrictLines {
-        type Error = LinesCodecError;
-
-        fn encode(&mut self, item: String, dst: &mut BytesMut) -> Result<(), LinesCodecError> {
-            self.0.encode(item, dst)
-        }
     }
 
     /// The answer line for `(client, seq)`, newline included.

@@ -17,12 +17,13 @@ use connman_queue::queue::QueueLayer;
 use connman_queue::reconnect::ReconnectLayer;
 use connman_tcp::TcpConnector;
 use connman_tcp::pipeline::PipelineConnector;
-use connman_tests::checker::line::{EchoServer, StrictLines, parse_reply, request};
+use connman_tests::checker::line::{EchoServer, parse_reply, request};
 use connman_tests::checker::{ClientLog, Mode, Outcome, ServerLog, Violation, check};
 use connman_tests::proxy::{FaultProxy, ProxyHandle};
 use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, timeout};
+use tokio_util::codec::LinesCodec;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::report::{Clock, Row};
@@ -81,7 +82,7 @@ pub(crate) async fn run(clock: Clock, total: Duration) -> Result<Vec<Row>, Strin
     let events = reconnect.subscribe();
     let make = PipelineConnector::new(
         TcpConnector::new().connect_timeout(Duration::from_secs(1)),
-        StrictLines::new(MAX_LINE),
+        LinesCodec::new_with_max_length(MAX_LINE),
     )
     .max_in_flight(64);
     let queue_layer = QueueLayer::new()
