@@ -28,7 +28,8 @@
 //!   [`Elapsed`](connman_core::error::Elapsed).
 //! * **Written**: handed to the service below. If that service reports
 //!   [`NotSent`](connman_core::error::NotSent) (provably never written, found also through
-//!   [`source`](std::error::Error::source) chains), the request goes back to its place in the queue and is replayed.
+//!   [`source`](std::error::Error::source) chains), the request goes back to its place in the queue and is replayed,
+//!   at most [`max_replays`](queue::QueueLayer::max_replays) times (then the caller gets that `NotSent`).
 //!   If it reports [`MaybeDelivered`](connman_core::error::MaybeDelivered) (or
 //!   [`LinkLost`](connman_core::error::LinkLost)), the caller gets `MaybeDelivered`: at-most-once, as hyper, gRPC and
 //!   NATS promise. A request marked [`idempotent`](queue::CallOptions::idempotent) is replayed instead
@@ -99,7 +100,7 @@
 //!   the only time a request's weight is known.
 //! * **A request's deadline covers its time in the queue**, as upnode's `up(t, cb)` (UP-04): once written, its
 //!   outcome comes from the service below. Put a `tower::timeout::Timeout` above the queue to bound whole calls.
-//! * Every default is finite: queue capacity 1024 and max wait 30 s, hook timeout 10 s, pings every 10 s with 5 s to
+//! * Every default is finite: queue capacity 1024, max wait 30 s and 8 replays per request, hook timeout 10 s, pings every 10 s with 5 s to
 //!   answer (upnode's numbers), the connman backoff (20 ms doubling to 128 s).
 
 pub mod heartbeat;

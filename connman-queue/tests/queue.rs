@@ -553,3 +553,21 @@ async fn concurrent_callers_with_replays() {
         "one call per request plus one per replay"
     );
 }
+
+/// A request that fails unsent on a healthy link (it cannot be encoded, say) is not replayed forever: after the
+/// replay bound its `NotSent` reaches the caller.
+#[tokio::test(start_paused = true)]
+async fn replays_are_bounded() {
+    let (mut queue, mut handle) = new_queue(QueueLayer::new().max_replays(3));
+    ready(&mut queue).await;
+    let res = tokio::spawn(queue.call("unencodable"));
+    for _ in 0..4 {
+        let (req, send) = handle.next_request().await.expect("attempt");
+        assert_eq!(req, "unencodable");
+        send.send_error(NotSent::new());
+    }
+    let err = res.await.expect("task").expect_err("gave up");
+    assert!(err.is::<NotSent>());
+    assert!(handle.poll_request().is_pending(), "no fifth attempt");
+    assert_eq!(queue.stats().replayed, 3);
+}

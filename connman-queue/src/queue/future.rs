@@ -27,6 +27,7 @@ pub struct ResponseFuture<S: Service<Req>, Req> {
     ticket: Option<Ticket>,
     seq: u64,
     idempotent: bool,
+    replays: u32,
     deadline: Instant,
     sleep: Option<Pin<Box<Sleep>>>,
 }
@@ -131,6 +132,7 @@ where
             ticket,
             seq,
             idempotent,
+            replays: 0,
             deadline,
             sleep: None,
         }
@@ -178,9 +180,11 @@ where
                         Ok(response) => return Poll::Ready(Ok(response)),
                         Err(e) => e.into(),
                     };
+                    let exhausted = *this.replays >= this.shared.max_replays;
                     let replay = match verdict(&error) {
+                        Verdict::NotSent if exhausted => return Poll::Ready(Err(error)),
                         Verdict::NotSent => true,
-                        Verdict::MaybeDelivered if *this.idempotent => true,
+                        Verdict::MaybeDelivered if *this.idempotent && !exhausted => true,
                         Verdict::MaybeDelivered => {
                             this.shared
                                 .counters
@@ -205,6 +209,7 @@ where
                         Ok(rx) => rx,
                         Err(e) => return Poll::Ready(Err(e)),
                     };
+                    *this.replays += 1;
                     this.shared
                         .counters
                         .replayed

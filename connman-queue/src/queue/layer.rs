@@ -29,6 +29,14 @@ pub const DEFAULT_MAX_WEIGHT: usize = 16 * 1024 * 1024;
 /// covers the first ten steps of connman's doubling backoff (20 ms … 10.24 s), yet nothing waits forever.
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(30);
 
+/// The default number of times one request may be replayed: 8.
+///
+/// A replay follows a failure that proved the request unsent (or an idempotent one maybe delivered). After a lost
+/// link that takes a new connection each time, so eight replays mean eight connections in a row that could not carry
+/// it. A request that fails unsent on a healthy link (say, it cannot be encoded) would fail the same way forever: the
+/// bound turns that into its error instead of a busy loop.
+pub const DEFAULT_MAX_REPLAYS: u32 = 8;
+
 pub(crate) type Weigher<Req> = Arc<dyn Fn(&Req) -> usize + Send + Sync>;
 
 /// Puts a [`Queue`] in front of a service. All settings are checked when set.
@@ -50,19 +58,21 @@ pub struct QueueLayer<Req> {
     pub(crate) max_weight: usize,
     pub(crate) max_wait: Duration,
     pub(crate) reject_when_full: bool,
+    pub(crate) max_replays: u32,
     pub(crate) weigh: Weigher<Req>,
     _req: PhantomData<fn(Req)>,
 }
 
 impl<Req> QueueLayer<Req> {
     /// The defaults: [`DEFAULT_CAPACITY`], [`DEFAULT_MAX_WEIGHT`] with a weight of 1 per request,
-    /// [`DEFAULT_MAX_WAIT`], and backpressure (not rejection) when full.
+    /// [`DEFAULT_MAX_WAIT`], [`DEFAULT_MAX_REPLAYS`], and backpressure (not rejection) when full.
     pub fn new() -> Self {
         Self {
             capacity: DEFAULT_CAPACITY,
             max_weight: DEFAULT_MAX_WEIGHT,
             max_wait: DEFAULT_MAX_WAIT,
             reject_when_full: false,
+            max_replays: DEFAULT_MAX_REPLAYS,
             weigh: Arc::new(|_| 1),
             _req: PhantomData,
         }
@@ -118,6 +128,13 @@ impl<Req> QueueLayer<Req> {
         Ok(self)
     }
 
+    /// How many times one request may be replayed before its last error goes to the caller (zero: never replay).
+    #[must_use]
+    pub const fn max_replays(mut self, max_replays: u32) -> Self {
+        self.max_replays = max_replays;
+        self
+    }
+
     /// When full, let `poll_ready` succeed and fail the request at once with
     /// [`Overloaded`](connman_core::error::Overloaded), instead of holding `poll_ready` pending.
     #[must_use]
@@ -140,6 +157,7 @@ impl<Req> Clone for QueueLayer<Req> {
             max_weight: self.max_weight,
             max_wait: self.max_wait,
             reject_when_full: self.reject_when_full,
+            max_replays: self.max_replays,
             weigh: self.weigh.clone(),
             _req: PhantomData,
         }
@@ -153,6 +171,7 @@ impl<Req> fmt::Debug for QueueLayer<Req> {
             .field("max_weight", &self.max_weight)
             .field("max_wait", &self.max_wait)
             .field("reject_when_full", &self.reject_when_full)
+            .field("max_replays", &self.max_replays)
             .finish_non_exhaustive()
     }
 }

@@ -8,5 +8,7 @@ mod shared;
 
 pub use error::{NotReady, ServiceFailed};
 pub use future::ResponseFuture;
-pub use layer::{DEFAULT_CAPACITY, DEFAULT_MAX_WAIT, DEFAULT_MAX_WEIGHT, QueueLayer};
+pub use layer::{
+    DEFAULT_CAPACITY, DEFAULT_MAX_REPLAYS, DEFAULT_MAX_WAIT, DEFAULT_MAX_WEIGHT, QueueLayer,
+};
 pub use service::{CallOptions, Queue, QueueHandle, QueueStats};

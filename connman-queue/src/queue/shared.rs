@@ -24,6 +24,7 @@ pub(crate) struct Shared<S: Service<Req>, Req> {
     pub(crate) max_weight: usize,
     pub(crate) max_wait: std::time::Duration,
     pub(crate) reject_when_full: bool,
+    pub(crate) max_replays: u32,
     pub(crate) weigh: Weigher<Req>,
     pub(crate) counters: Counters,
 }
@@ -114,6 +115,7 @@ where
             max_weight: layer.max_weight,
             max_wait: layer.max_wait,
             reject_when_full: layer.reject_when_full,
+            max_replays: layer.max_replays,
             weigh: layer.weigh.clone(),
             counters: Counters::default(),
         }
