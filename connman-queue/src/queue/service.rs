@@ -22,6 +22,9 @@ use super::shared::{self, Shared, Submitted};
 /// `poll_ready`. Requests must be `Clone`: a request stays with the queue until it is answered, so that one that was
 /// not sent can be replayed.
 ///
+/// The inner service's `poll_ready` and `call` run under the queue's lock, so they must be quick and must not call
+/// back into the queue (tower services never block there; the response future is polled outside the lock).
+///
 /// ```
 /// use connman_core::error::BoxError;
 /// use connman_queue::queue::{CallOptions, QueueLayer};

@@ -9,6 +9,8 @@ use connman_core::error::BoxError;
 /// `conn.emit('up', obj)`, UP-05).
 ///
 /// What the hook yields is what requests are served through. A hook failure counts as a failed connect attempt.
+/// The hook talks to the connection it is given, never to a [`Queue`](crate::queue::Queue) above: the queue is
+/// driving the hook at that moment, so a request through it would wait for itself.
 /// Implemented for every `FnMut(S) -> impl Future<Output = Result<S2, E>>`, and by [`Identity`], the default.
 pub trait OnUp<S> {
     /// The service that requests go through once the hook is done.
