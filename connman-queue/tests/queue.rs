@@ -571,3 +571,21 @@ async fn replays_are_bounded() {
     assert!(handle.poll_request().is_pending(), "no fifth attempt");
     assert_eq!(queue.stats().replayed, 3);
 }
+
+/// UP-04: an expired request is never sent, even when its caller has not polled it since the deadline passed.
+#[tokio::test(start_paused = true)]
+async fn up_04_expired_is_never_sent_even_unpolled() {
+    let (mut queue, mut handle) = default_queue();
+    handle.allow(0);
+    ready(&mut queue).await;
+    let late = queue.call_with(
+        "late",
+        CallOptions::new().deadline(Duration::from_millis(10)),
+    );
+    tokio::time::advance(Duration::from_millis(20)).await;
+    handle.allow(10);
+    settle().await;
+    assert!(handle.poll_request().is_pending(), "expired, never sent");
+    assert!(late.await.expect_err("expired").is::<Elapsed>());
+    assert_eq!(queue.stats().expired, 1);
+}

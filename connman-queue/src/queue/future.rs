@@ -205,7 +205,7 @@ where
                         this.shared.counters.expired.fetch_add(1, Ordering::Relaxed);
                         return Poll::Ready(Err(Elapsed::new().into()));
                     }
-                    let rx = match this.shared.requeue(*this.seq, req) {
+                    let rx = match this.shared.requeue(*this.seq, *this.deadline, req) {
                         Ok(rx) => rx,
                         Err(e) => return Poll::Ready(Err(e)),
                     };

@@ -249,7 +249,7 @@ where
             .map_or(shared.max_wait, |d| d.min(shared.max_wait));
         let now = tokio::time::Instant::now();
         let deadline = now.checked_add(wait).unwrap_or(now);
-        let submitted = shared.submit(req);
+        let submitted = shared.submit(req, deadline);
         match submitted {
             Submitted::Sent(seq, fut, req) => {
                 ResponseFuture::sent(shared, ticket, options.idempotent, deadline, seq, fut, req)

@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 
-use connman_core::error::{BoxError, Closed, SharedError};
+use connman_core::error::{BoxError, Closed, Elapsed, SharedError};
 use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio::time::Instant;
 use tower_service::Service;
 
 use super::error::ServiceFailed;
@@ -39,6 +40,7 @@ struct Inner<S: Service<Req>, Req> {
 
 struct Entry<F, Req> {
     seq: u64,
+    deadline: Instant,
     req: Req,
     tx: oneshot::Sender<Result<Dispatch<F, Req>, BoxError>>,
 }
@@ -122,7 +124,7 @@ where
     }
 
     /// Sends `req` at once if nothing waits and the inner service is ready; else queues it.
-    pub(crate) fn submit(&self, req: Req) -> Submitted<S::Future, Req> {
+    pub(crate) fn submit(&self, req: Req, deadline: Instant) -> Submitted<S::Future, Req> {
         let mut guard = self.lock();
         let inner = &mut *guard;
         if let Some(failure) = &inner.failure {
@@ -150,7 +152,12 @@ where
             }
         }
         let (tx, rx) = oneshot::channel();
-        inner.queue.push_back(Entry { seq, req, tx });
+        inner.queue.push_back(Entry {
+            seq,
+            deadline,
+            req,
+            tx,
+        });
         self.counters.queued.fetch_add(1, Ordering::Relaxed);
         self.counters
             .len
@@ -161,7 +168,12 @@ where
     }
 
     /// Puts a request that was not sent (or that is idempotent) back in its place in the queue.
-    pub(crate) fn requeue(&self, seq: u64, req: Req) -> Result<Receiver<S::Future, Req>, BoxError> {
+    pub(crate) fn requeue(
+        &self,
+        seq: u64,
+        deadline: Instant,
+        req: Req,
+    ) -> Result<Receiver<S::Future, Req>, BoxError> {
         let mut guard = self.lock();
         let inner = &mut *guard;
         if let Some(failure) = &inner.failure {
@@ -169,7 +181,15 @@ where
         }
         let (tx, rx) = oneshot::channel();
         let pos = inner.queue.partition_point(|e| e.seq < seq);
-        inner.queue.insert(pos, Entry { seq, req, tx });
+        inner.queue.insert(
+            pos,
+            Entry {
+                seq,
+                deadline,
+                req,
+                tx,
+            },
+        );
         self.counters
             .len
             .store(inner.queue.len(), Ordering::Relaxed);
@@ -186,8 +206,19 @@ where
             return Poll::Ready(Step::Stop);
         }
         loop {
-            while inner.queue.front().is_some_and(|e| e.tx.is_closed()) {
-                inner.queue.pop_front();
+            let now = Instant::now();
+            while let Some(front) = inner.queue.front() {
+                if front.tx.is_closed() {
+                    inner.queue.pop_front();
+                } else if front.deadline <= now {
+                    // A request whose deadline passed is never sent, even if its caller has not noticed yet.
+                    if let Some(entry) = inner.queue.pop_front() {
+                        self.counters.expired.fetch_add(1, Ordering::Relaxed);
+                        let _ = entry.tx.send(Err(Elapsed::new().into()));
+                    }
+                } else {
+                    break;
+                }
             }
             self.counters
                 .len

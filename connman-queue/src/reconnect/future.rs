@@ -2,7 +2,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
+
+use futures_util::task::AtomicWaker;
 
 use connman_core::error::BoxError;
 use pin_project::pin_project;
@@ -13,6 +17,8 @@ use pin_project::pin_project;
 pub struct ResponseFuture<F> {
     #[pin]
     inner: Inner<F>,
+    /// Counts this call among its connection's open calls until the future is dropped.
+    call: Option<OpenCall>,
 }
 
 #[pin_project(project = InnerProj)]
@@ -23,15 +29,17 @@ enum Inner<F> {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn called(fut: F) -> Self {
+    pub(crate) fn called(fut: F, call: OpenCall) -> Self {
         Self {
             inner: Inner::Called(fut),
+            call: Some(call),
         }
     }
 
     pub(crate) fn failed(error: BoxError) -> Self {
         Self {
             inner: Inner::Failed(Some(error)),
+            call: None,
         }
     }
 }
@@ -49,6 +57,56 @@ where
             InnerProj::Failed(error) => Poll::Ready(Err(error
                 .take()
                 .unwrap_or_else(|| connman_core::error::Closed::new().into()))),
+        }
+    }
+}
+
+/// The calls of one connection that are still open: made, and not yet dropped by their owners.
+///
+/// A call counts until its future is dropped, not merely until it is ready: the owner (a `Queue`) puts a request
+/// that was never written back in its place before it drops the future, so once the count is zero every such request
+/// is back in line.
+#[derive(Debug, Default)]
+pub(crate) struct Calls {
+    open: AtomicUsize,
+    settled: AtomicWaker,
+}
+
+impl Calls {
+    /// Counts one more open call until the returned guard is dropped.
+    pub(crate) fn open(self: &Arc<Self>) -> OpenCall {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        OpenCall(self.clone())
+    }
+
+    /// Ready once no call is open.
+    pub(crate) fn poll_settled(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.open.load(Ordering::Acquire) == 0 {
+            return Poll::Ready(());
+        }
+        self.settled.register(cx.waker());
+        // A call may have closed between the load and the registration.
+        if self.open.load(Ordering::Acquire) == 0 {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Whether any call is open.
+    pub(crate) fn any_open(&self) -> bool {
+        self.open.load(Ordering::Acquire) > 0
+    }
+}
+
+/// One open call of a connection; dropping it closes the call.
+#[derive(Debug)]
+pub(crate) struct OpenCall(Arc<Calls>);
+
+impl Drop for OpenCall {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.settled.wake();
         }
     }
 }

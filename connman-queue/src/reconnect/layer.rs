@@ -22,6 +22,12 @@ use super::service::Reconnect;
 /// interval, the time it gives a healthy link to answer.
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The default time the calls of a lost connection get to resolve before a new connection serves requests: 1 s.
+///
+/// See [`ReconnectLayer::settle_timeout`]. Calls of a lost link resolve as soon as their owners poll them (the link
+/// failed them all); the bound only matters for an owner that holds a call without polling or dropping it.
+pub const DEFAULT_SETTLE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How many events a slow subscriber may fall behind before it loses the oldest.
 pub const EVENT_CAPACITY: usize = 64;
 
@@ -47,6 +53,7 @@ pub struct ReconnectLayer<Target, H = Identity> {
     pub(crate) backoff: Arc<dyn Fn() -> BoxBackoff + Send + Sync>,
     pub(crate) classify: Classifier,
     pub(crate) hook_timeout: Duration,
+    pub(crate) settle_timeout: Duration,
     pub(crate) config: lifecycle::Config,
     pub(crate) observe: Observe,
 }
@@ -71,6 +78,7 @@ impl<Target> ReconnectLayer<Target> {
             backoff: Arc::new(|| Box::new(presets::connman())),
             classify: Arc::new(|_| FailureKind::Retriable),
             hook_timeout: DEFAULT_HOOK_TIMEOUT,
+            settle_timeout: DEFAULT_SETTLE_TIMEOUT,
             config: lifecycle::Config::new(),
             observe: Observe {
                 state,
@@ -110,6 +118,7 @@ impl<Target, H> ReconnectLayer<Target, H> {
             backoff: self.backoff,
             classify: self.classify,
             hook_timeout: self.hook_timeout,
+            settle_timeout: self.settle_timeout,
             config: self.config,
             observe: self.observe,
         }
@@ -122,6 +131,23 @@ impl<Target, H> ReconnectLayer<Target, H> {
             return Err(InvalidConfig::new("hook timeout must be greater than zero"));
         }
         self.hook_timeout = timeout;
+        Ok(self)
+    }
+
+    /// Sets how long a new connection waits, at most, for the calls of the lost one to resolve before it serves a
+    /// request (default [`DEFAULT_SETTLE_TIMEOUT`]). Zero is rejected.
+    ///
+    /// This is the replay barrier: a call of the lost connection that fails as never written is put back in its place
+    /// by a [`Queue`](crate::queue::Queue) above when its owner sees the failure. Waiting for those calls keeps a
+    /// request issued later from overtaking it on the new connection, so requests reach the peer in the order they
+    /// were issued.
+    pub fn settle_timeout(mut self, timeout: Duration) -> Result<Self, InvalidConfig> {
+        if timeout.is_zero() {
+            return Err(InvalidConfig::new(
+                "settle timeout must be greater than zero",
+            ));
+        }
+        self.settle_timeout = timeout;
         Ok(self)
     }
 
@@ -169,6 +195,7 @@ impl<Target: Clone, H: Clone> Clone for ReconnectLayer<Target, H> {
             backoff: self.backoff.clone(),
             classify: self.classify.clone(),
             hook_timeout: self.hook_timeout,
+            settle_timeout: self.settle_timeout,
             config: self.config,
             observe: self.observe.clone(),
         }

@@ -16,5 +16,7 @@ mod service;
 pub use error::{FatalConnect, GaveUp};
 pub use future::ResponseFuture;
 pub use hook::{Identity, OnUp};
-pub use layer::{CloseHandle, DEFAULT_HOOK_TIMEOUT, EVENT_CAPACITY, ReconnectLayer};
+pub use layer::{
+    CloseHandle, DEFAULT_HOOK_TIMEOUT, DEFAULT_SETTLE_TIMEOUT, EVENT_CAPACITY, ReconnectLayer,
+};
 pub use service::Reconnect;

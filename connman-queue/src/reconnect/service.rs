@@ -3,6 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use connman_core::error::{BoxError, Closed, Elapsed, NotSent, SharedError};
@@ -13,7 +14,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower_service::Service;
 
 use super::error::{FatalConnect, GaveUp};
-use super::future::ResponseFuture;
+use super::future::{Calls, ResponseFuture};
 use super::hook::{Identity, OnUp};
 use super::layer::{BoxBackoff, Classifier, CloseHandle, ReconnectLayer};
 
@@ -50,8 +51,13 @@ where
     hook: H,
     classify: Classifier,
     hook_timeout: std::time::Duration,
+    settle_timeout: std::time::Duration,
     lifecycle: Lifecycle<BoxBackoff>,
     conn: Conn<M::Future, H::Future, H::Service>,
+    /// The open calls of the current connection.
+    calls: Arc<Calls>,
+    /// The open calls of the last lost connection, and how long a new connection waits for them at most.
+    settling: Option<(Arc<Calls>, Pin<Box<Sleep>>)>,
     last_error: Option<SharedError>,
     state: watch::Sender<State>,
     events: broadcast::Sender<Event>,
@@ -119,8 +125,11 @@ where
             hook: layer.hook,
             classify: layer.classify,
             hook_timeout: layer.hook_timeout,
+            settle_timeout: layer.settle_timeout,
             lifecycle,
             conn: Conn::Idle,
+            calls: Arc::default(),
+            settling: None,
             last_error: None,
             state: layer.observe.state,
             events: layer.observe.events,
@@ -217,6 +226,20 @@ where
         self.lifecycle.connect_failed(now(), error, kind)
     }
 
+    /// The replay barrier: true once the calls of the last lost connection have all been dropped by their owners, or
+    /// the settle timeout has passed. A request that one of them failed as never written is then back in its place in
+    /// a queue above, so nothing issued later overtakes it on the new connection.
+    fn settled(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some((calls, bound)) = &mut self.settling else {
+            return true;
+        };
+        if calls.poll_settled(cx).is_pending() && bound.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        self.settling = None;
+        true
+    }
+
     /// Registers for a close while the service waits; true if it is closed already.
     fn closed_while_parked(&mut self, cx: &mut Context<'_>) -> bool {
         let close = &self.close;
@@ -249,12 +272,18 @@ where
             let step = match &mut self.conn {
                 Conn::Closed(dead) => return Poll::Ready(Err(dead.error())),
                 Conn::Up(svc) => match svc.poll_ready(cx) {
-                    Poll::Ready(Ok(())) => return Poll::Ready(Ok(())),
-                    Poll::Pending => Step::Park,
+                    Poll::Ready(Ok(())) if self.settled(cx) => return Poll::Ready(Ok(())),
+                    Poll::Ready(Ok(())) | Poll::Pending => Step::Park,
                     Poll::Ready(Err(e)) => {
-                        // The link is lost: drop the connection and back off before the next one.
+                        // The link is lost: drop the connection and back off before the next one. Its calls that
+                        // are still open must settle before the next connection serves anything.
                         let e: BoxError = e.into();
                         self.conn = Conn::Idle;
+                        let lost = std::mem::take(&mut self.calls);
+                        if lost.any_open() {
+                            let bound = Box::pin(tokio::time::sleep(self.settle_timeout));
+                            self.settling = Some((lost, bound));
+                        }
                         Step::Input(self.lifecycle.link_lost(now(), e))
                     }
                 },
@@ -312,7 +341,7 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         match &mut self.conn {
-            Conn::Up(svc) => ResponseFuture::called(svc.call(req)),
+            Conn::Up(svc) => ResponseFuture::called(svc.call(req), self.calls.open()),
             // Called without a successful `poll_ready`: nothing was written, so the request may be retried.
             _ => ResponseFuture::failed(NotSent::new().into()),
         }
