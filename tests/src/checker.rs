@@ -8,7 +8,10 @@
 //! * no phantom sends: no [`Outcome::NotSent`], [`Outcome::Cancelled`] or [`Outcome::Expired`] request is in it;
 //! * duplicates: none in [`Mode::AtMostOnce`]; in [`Mode::AtLeastOnce`] only for idempotent requests, at most one per
 //!   documented retry and per reconnect of that client;
-//! * order: per client, the server saw seqs in increasing order, except requests the client log marks as retried;
+//! * order: per client, the server saw seqs in increasing order, except requests the client log marks as retried
+//!   and requests whose outcome is [`Outcome::MaybeDelivered`]: those were written on a link that then failed, and
+//!   the network may still deliver them after a later request has gone out on the next link (the server reads two
+//!   connections independently); their outcome told the caller exactly that;
 //! * liveness: nothing is still [`Outcome::Pending`];
 //! * bounds: no gauge passed its limit.
 //!
@@ -707,14 +710,19 @@ pub fn check(server: &ServerLog, client: &ClientLog, mode: Mode) -> Report {
             .map(|(client, seq)| Violation::Unknown { client, seq }),
     );
 
-    // Order: per client, the first arrival of each request that was never retried comes after every lower seq.
+    // Order: per client, the first arrival of each request that was never retried comes after every lower seq. A
+    // request reported maybe-delivered may arrive late: it neither breaks the order nor sets it.
     let mut highest: HashMap<u64, u64> = HashMap::new();
     let mut seen: HashMap<(u64, u64), ()> = HashMap::new();
     for &(c, s) in &arrivals {
         if seen.insert((c, s), ()).is_some() {
             continue;
         }
-        if state.requests.get(&(c, s)).is_some_and(|r| r.retries > 0) {
+        if state
+            .requests
+            .get(&(c, s))
+            .is_some_and(|r| r.retries > 0 || r.outcome == Outcome::MaybeDelivered)
+        {
             continue;
         }
         match highest.get(&c) {

@@ -34,7 +34,7 @@ use connman_queue::reconnect::{Reconnect, ReconnectLayer};
 use connman_tcp::TcpConnector;
 use connman_tcp::pipeline::{Pipeline, PipelineConnector, PipelineError};
 use connman_tests::checker::line::{EchoServer, parse_reply, parse_request, reply, request};
-use connman_tests::checker::{ClientLog, Mode, Outcome, ServerLog, check};
+use connman_tests::checker::{ClientLog, Mode, Outcome, ServerLog, Violation, check};
 use connman_tests::flaky::FlakyServer;
 use connman_tests::proxy::{FaultProxy, ProxyHandle};
 use futures_util::{SinkExt, StreamExt};
@@ -549,6 +549,16 @@ async fn chaos_nothing_lost_under_faults_and_restarts() {
         0,
         "a reply did not match or an error was untyped\n{report}"
     );
+    // What the client saw of each request that arrived out of order, to tell a replay from a late delivery.
+    for v in report.violations() {
+        if let Violation::OutOfOrder { client, seq, after } = v {
+            eprintln!(
+                "out of order: {client}/{seq} {:?}, arrived after {after} {:?}",
+                client_log.outcome(*client, *seq),
+                client_log.outcome(*client, *after)
+            );
+        }
+    }
     report.assert_clean();
 }
 

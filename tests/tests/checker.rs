@@ -211,6 +211,29 @@ fn documented_retries_are_exempt_from_the_order_check() {
     check(&server, &client, Mode::AtLeastOnce).assert_clean();
 }
 
+/// A maybe-delivered request was written on a link that failed; the network may still hand it to the server after a
+/// later request went out on the next link. Requests that were answered must still keep their order.
+#[test]
+fn a_maybe_delivered_request_may_arrive_late_but_answered_ones_keep_their_order() {
+    let (server, client) = logs();
+    client.record(C, 1, Outcome::MaybeDelivered);
+    client.record(C, 2, Outcome::Ok);
+    client.record(C, 3, Outcome::Ok);
+    client.record(C, 4, Outcome::Ok);
+    for seq in [2, 1, 4, 3] {
+        server.record(C, seq).unwrap();
+    }
+    assert_eq!(
+        violations(&server, &client, Mode::AtMostOnce),
+        [Violation::OutOfOrder {
+            client: C,
+            seq: 3,
+            after: 4
+        }],
+        "the late maybe-delivered 1 is allowed, the answered 3 after 4 is not"
+    );
+}
+
 #[test]
 fn a_pending_request_is_caught() {
     let (server, client) = clean_run();
