@@ -103,6 +103,20 @@
 //! * Every default is finite: queue capacity 1024, max wait 30 s and 8 replays per request, hook timeout 10 s, pings every 10 s with 5 s to
 //!   answer (upnode's numbers), the connman backoff (20 ms doubling to 128 s).
 
+//! * **Replays keep their order across a reconnect.** A new connection serves nothing until the calls of the lost one
+//!   have settled (their owners have seen the outcome, at most [`DEFAULT_SETTLE_TIMEOUT`](reconnect::DEFAULT_SETTLE_TIMEOUT)),
+//!   so a request the lost link never wrote is back in its place in the queue before anything issued after it goes
+//!   out. Requests that end `MaybeDelivered` are the one exception the network imposes: written on a link that then
+//!   failed, they may still reach the peer after a later request went out on the next link.
+//!
+//! # Not carried over from upnode
+//!
+//! * **UP-21** (connect options passed on to dnode) and **UP-22** (the server calling the client's own methods): there
+//!   is no dnode here. The target is handed to the make service on every attempt (UP-20), and a protocol with calls
+//!   in both directions sits below these layers as the connection service.
+//! * **UP-23** (upnode's server `end()` and its broken peer-level `end()`): these layers are the client side. Ending
+//!   every session of a server, and doing it at a rate, is `connman-pool`'s `Group::close_all` and `Drain`.
+
 pub mod heartbeat;
 pub mod queue;
 pub mod reconnect;

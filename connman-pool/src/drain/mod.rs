@@ -51,6 +51,19 @@
 //! # }
 //! ```
 //!
+//! What soketi does around its drain, and where it lives here:
+//!
+//! * **SS-01**: new connections are refused first; [`Group::add`] fails with `Draining` from the moment
+//!   [`Group::drain`] returns, and [`DrainSignal`] tells the accept loop to answer newcomers with 4200 at once.
+//! * **SS-02**: soketi closes every socket at once; [`Group::close_all`] does that when you mean it, and the drain is
+//!   the paced alternative.
+//! * **SS-03** (wait a shutdown grace period, then close queues, caches and listen sockets) is the server's own
+//!   sequence, not the group's: await the [`Drain`] (it resolves when the last close is done), then close the
+//!   rest. No grace period has to be guessed.
+//! * **SS-05** (asking other nodes for their sockets, with partial data after a timeout) needs a broker between
+//!   nodes and is left for the multi-node work; a [`Remote`](crate::group::Remote) (`{id, namespace}`) is the
+//!   serialisable view it will use.
+//!
 //! [`DrainLayer`] puts the same signal in front of any tower service: once draining has begun it rejects new requests
 //! with [`Draining`](connman_core::error::Draining).
 
