@@ -1,22 +1,22 @@
-//! Namespaced members over real loopback sockets: broadcasts, then a drain at a global rate.
+//! WebSocket members in namespaces over real loopback sockets: broadcasts, then a drain at a global rate.
 //!
-//! Each member is a TCP connection framed with a length-delimited codec; the server side of each one joins a `Group`
-//! as a `Member`. Clients check that every broadcast arrives, in order, and record when their close arrives.
+//! The server accepts WebSocket connections (connman-ws) and puts each in a `Group` under the namespace and id of its
+//! path, `/<namespace>/<id>`. Clients connect through `WsConnector<TcpConnector>`, check that every broadcast arrives,
+//! in order, and record when their close arrives and with which code.
 
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use connman_core::member::{CloseCode, Member};
+use connman_core::member::CloseCode;
 use connman_pool::drain::DrainConfig;
 use connman_pool::group::Group;
-use futures_util::{Sink, SinkExt, StreamExt};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::{TcpListener, TcpStream};
+use connman_tcp::TcpConnector;
+use connman_ws::{AcceptConfig, PeerClose, Received, WsConfig, WsConnector, accept};
+use futures_util::StreamExt;
+use tokio::net::TcpListener;
 use tokio::time::{Instant, sleep, timeout};
-use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tower::ServiceExt;
 
 use crate::report::{Clock, Row};
 
@@ -24,8 +24,6 @@ use crate::report::{Clock, Row};
 const NAMESPACES: [(&str, usize); 2] = [("radio:5ghz", 36), ("radio:40ghz", 24)];
 /// The drain rate, across both namespaces.
 const DRAIN_PER_SECOND: u32 = 20;
-/// The prefix of the close frame a member sends last.
-const CLOSE: &[u8] = b"\0close ";
 
 pub(crate) async fn run(clock: Clock, total: Duration) -> Result<Vec<Row>, String> {
     let group = Group::builder()
@@ -39,7 +37,7 @@ pub(crate) async fn run(clock: Clock, total: Duration) -> Result<Vec<Row>, Strin
         .await
         .map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    tokio::spawn(accept(listener, group.clone()));
+    tokio::spawn(serve(listener, group.clone()));
 
     // Clients join: each sends "<namespace> <id>" first.
     let mut clients = Vec::new();
@@ -101,9 +99,11 @@ pub(crate) async fn run(clock: Clock, total: Duration) -> Result<Vec<Row>, Strin
     let printer = {
         let clock = clock.clone();
         tokio::spawn(async move {
+            let mut said = 0;
             while progress.changed().await.is_ok() {
                 let p = *progress.borrow_and_update();
-                if p.closed > 0 && (p.closed == p.total || p.closed % 20 == 0) {
+                if p.closed != said && (p.closed == p.total || p.closed % 20 == 0) {
+                    said = p.closed;
                     clock.say("group", &format!("drained {}/{}", p.closed, p.total));
                 }
             }
@@ -116,7 +116,7 @@ pub(crate) async fn run(clock: Clock, total: Duration) -> Result<Vec<Row>, Strin
     let took = started.elapsed();
     printer.abort();
 
-    let mut row = Row::new("group");
+    let mut row = Row::new("ws group");
     let mut closes: Vec<Instant> = Vec::new();
     for c in clients {
         let report = c.await.map_err(|e| e.to_string())?;
@@ -166,87 +166,33 @@ pub(crate) async fn run(clock: Clock, total: Duration) -> Result<Vec<Row>, Strin
     Ok(vec![row])
 }
 
-async fn accept(listener: TcpListener, group: Group) {
-    while let Ok((stream, _)) = listener.accept().await {
-        let group = group.clone();
+async fn serve(listener: TcpListener, group: Group) {
+    let config = AcceptConfig::new(WsConfig::default()).route(|request| {
+        let path = request.uri().path().strip_prefix('/')?;
+        path.split_once('/').map(|(ns, _)| ns.to_owned())
+    });
+    while let Ok((tcp, _)) = listener.accept().await {
+        let (group, config) = (group.clone(), config.clone());
         tokio::spawn(async move {
-            let _ = stream.set_nodelay(true);
-            let (read, write) = stream.into_split();
-            let mut frames = FramedRead::new(read, codec());
-            let Some(Ok(hello)) = frames.next().await else {
+            let Ok(conn) = accept(tcp, &config).await else {
                 return;
             };
-            let Some((ns, id)) = std::str::from_utf8(&hello)
-                .ok()
-                .and_then(|s| s.split_once(' '))
-            else {
-                return;
-            };
-            let (ns, id) = (ns.to_owned(), id.to_owned());
-            let member = TcpMember {
-                frames: FramedWrite::new(write, codec()),
-                close: None,
-            };
+            let ns = conn.namespace().to_owned();
+            let id = conn
+                .path()
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            let (member, mut incoming) = conn.split();
             if group.add(ns.clone(), id.clone(), member).is_err() {
                 return;
             }
-            // Inbound traffic keeps the member from idling out.
-            while let Some(Ok(_)) = frames.next().await {
+            // Reading answers pings and finishes the close handshake; traffic keeps the member from idling out.
+            while let Some(Ok(_)) = incoming.next().await {
                 let _ = group.touch(&ns, &id);
             }
         });
-    }
-}
-
-fn codec() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .max_frame_length(64 * 1024)
-        .new_codec()
-}
-
-/// The server side of one member: length-delimited frames, and a close frame last.
-#[derive(Debug)]
-struct TcpMember {
-    frames: FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
-    close: Option<Bytes>,
-}
-
-impl Sink<Bytes> for TcpMember {
-    type Error = std::io::Error;
-
-    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Sink::<Bytes>::poll_ready(Pin::new(&mut self.frames), cx)
-    }
-
-    fn start_send(mut self: Pin<&mut Self>, item: Bytes) -> Result<(), Self::Error> {
-        Pin::new(&mut self.frames).start_send(item)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Sink::<Bytes>::poll_flush(Pin::new(&mut self.frames), cx)
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.close.is_some() {
-            std::task::ready!(Sink::<Bytes>::poll_ready(Pin::new(&mut self.frames), cx))?;
-            if let Some(frame) = self.close.take() {
-                Pin::new(&mut self.frames).start_send(frame)?;
-            }
-        }
-        Sink::<Bytes>::poll_close(Pin::new(&mut self.frames), cx)
-    }
-}
-
-impl Member for TcpMember {
-    fn start_close(
-        mut self: Pin<&mut Self>,
-        code: CloseCode,
-        reason: &str,
-    ) -> Result<(), Self::Error> {
-        let mut frame = CLOSE.to_vec();
-        frame.extend_from_slice(format!("{} {reason}", code.get()).as_bytes());
-        self.close = Some(frame.into());
-        Ok(())
     }
 }
 
@@ -264,29 +210,24 @@ async fn client(addr: std::net::SocketAddr, ns: String, id: String) -> ClientRep
         sender: id.ends_with("-0"),
         ..ClientReport::default()
     };
-    let Ok(stream) = TcpStream::connect(addr).await else {
+    let connector = WsConnector::new(TcpConnector::new(), WsConfig::default());
+    let Ok(mut ws) = connector.oneshot(format!("ws://{addr}/{ns}/{id}")).await else {
         return report;
     };
-    let _ = stream.set_nodelay(true);
-    let (read, write) = stream.into_split();
-    let mut out = FramedWrite::new(write, codec());
-    if out.send(Bytes::from(format!("{ns} {id}"))).await.is_err() {
-        return report;
-    }
-    let mut frames = FramedRead::new(read, codec());
     let last = Arc::new(Mutex::new(0u64));
-    while let Some(Ok(frame)) = frames.next().await {
-        if let Some(rest) = frame.strip_prefix(CLOSE) {
-            let code = std::str::from_utf8(rest)
-                .ok()
-                .and_then(|s| s.split(' ').next())
-                .and_then(|c| c.parse().ok());
-            report.close = code.map(|c| (c, Instant::now()));
+    while let Some(Ok(received)) = ws.next().await {
+        if let Received::Close(close) = received {
+            report.close = close.map(|PeerClose { code, .. }| (code.get(), Instant::now()));
             break;
         }
-        let seq = std::str::from_utf8(&frame)
-            .ok()
-            .and_then(|s| s.rsplit_once(' '))
+        let seq = received
+            .into_bytes()
+            .as_deref()
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(|s| {
+                s.rsplit_once(' ')
+                    .map(|(n, seq)| (n.to_owned(), seq.to_owned()))
+            })
             .filter(|(n, _)| *n == ns)
             .and_then(|(_, seq)| seq.parse::<u64>().ok());
         let mut last = last.lock().unwrap_or_else(PoisonError::into_inner);

@@ -7,7 +7,7 @@
 //! * `stack`: `Queue` + `Heartbeat` + `Reconnect` over a pipelined line client, through a fault-injecting proxy, checked
 //!   by the "nothing lost" checker;
 //! * `registry`: one connection shared by two scopes, references going up and down, the grace period;
-//! * `group`: namespaced members, broadcasts, and a paced drain at the end.
+//! * `ws group`: WebSocket members in namespaces, broadcasts, and a paced drain at the end.
 //!
 //! Events are printed as they happen and a summary table at the end. The process exits non-zero if anything was lost
 //! or mismatched.
