@@ -99,6 +99,30 @@ async fn sk_14_drain_of_5000_at_1000_per_second_never_exceeds_the_rate() {
     assert_eq!(max_in_any_second(&t), 1000);
 }
 
+/// The cap holds for the closes as they really begin, not only on the schedule: a drain that nobody polled for a
+/// while does not start every overdue close at once when it is polled again.
+#[tokio::test(start_paused = true)]
+async fn sk_15_a_drain_polled_late_never_bursts_above_the_rate() {
+    let group = Group::new();
+    let start = Instant::now();
+    let closes = populate(&group, 6, &["a", "b"], start);
+    let mut drain = tokio_test::task::spawn(
+        group
+            .drain(DrainConfig::max_per_second(2).unwrap())
+            .unwrap(),
+    );
+    assert_pending!(drain.poll());
+    // Nobody polls the drain for 3 s: on the schedule alone, five closes would be overdue by then.
+    sleep(Duration::from_secs(3)).await;
+    while drain.poll().is_pending() {
+        sleep(Duration::from_millis(10)).await;
+    }
+    sleep(Duration::from_millis(1)).await;
+    let t = times(&closes);
+    assert_eq!(t.len(), 6);
+    assert!(max_in_any_second(&t) <= 2, "closes began in a burst: {t:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn sk_15_drain_resolves_only_after_the_last_close_is_done() {
     let group = Group::new();
@@ -110,10 +134,9 @@ async fn sk_15_drain_resolves_only_after_the_last_close_is_done() {
             .unwrap(),
     );
     let progress = drain.progress();
-    // Closes at 0, 0.5, 1 and 1.5 s.
+    // Closes begin at 0, 0.5, 1 and 1.5 s; the drain is polled on that schedule.
     assert_pending!(drain.poll());
-    sleep(Duration::from_millis(750)).await;
-    // The drain is driven by its poller: this poll starts the close that was due at 0.5 s.
+    sleep(Duration::from_millis(500)).await;
     assert_pending!(drain.poll());
     sleep(Duration::from_millis(1)).await;
     assert_pending!(drain.poll());
@@ -123,8 +146,15 @@ async fn sk_15_drain_resolves_only_after_the_last_close_is_done() {
         "two closed, the third not started"
     );
     assert_eq!(group.len(), 2);
-    sleep(Duration::from_millis(750)).await;
+    sleep(Duration::from_millis(499)).await;
     assert_pending!(drain.poll());
+    sleep(Duration::from_millis(500)).await;
+    assert_pending!(drain.poll());
+    assert_eq!(
+        progress.borrow().started,
+        4,
+        "the last close began at 1.5 s"
+    );
     sleep(Duration::from_millis(1)).await;
     let report = assert_ready!(drain.poll());
     assert_eq!(report, progress_of(4, 4, 4));

@@ -71,6 +71,7 @@ mod future;
 mod layer;
 mod service;
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::pin::Pin;
@@ -165,6 +166,14 @@ impl DrainConfig {
             pace,
             code: CloseCode::RECONNECT,
             reason: "server closing, reconnect shortly".to_owned(),
+        }
+    }
+
+    /// The cap of a rate-limited drain, as a count of closes per second.
+    fn per_second(&self) -> Option<usize> {
+        match self.pace {
+            Pace::PerSecond(rate) => Some(usize::try_from(rate.get()).unwrap_or(usize::MAX)),
+            Pace::Over(_) => None,
         }
     }
 
@@ -316,14 +325,34 @@ async fn run(
     let mut left = FuturesUnordered::new();
     let mut next = 0;
     let mut started = 0u64;
+    // With a rate, the instants the last `rate` closes began: the next one waits until the oldest of them is a full
+    // second old. The schedule alone would let a drain that was not polled for a while (or a late timer) start every
+    // overdue close at once; this window keeps the cap true for the closes as they really began.
+    let window = config.per_second().map(|rate| rate.min(total.max(1)));
+    let mut recent: VecDeque<Instant> = VecDeque::with_capacity(window.unwrap_or(0));
+    let due = |next: usize, started: u64, recent: &VecDeque<Instant>| {
+        let scheduled = config.due(start, next, started, total);
+        match window {
+            Some(rate) if recent.len() >= rate => {
+                scheduled.max(later(recent[recent.len() - rate], Duration::from_secs(1)))
+            }
+            _ => scheduled,
+        }
+    };
     loop {
         let now = Instant::now();
-        while next < total && config.due(start, next, started, total) <= now {
+        while next < total && due(next, started, &recent) <= now {
             let slot = &slots[next];
             next += 1;
             if slot.begin_close(config.code, &config.reason, now, close_timeout) {
                 started += 1;
                 state.started += 1;
+                if let Some(rate) = window {
+                    if recent.len() == rate {
+                        recent.pop_front();
+                    }
+                    recent.push_back(now);
+                }
             }
             left.push(slot.done.clone().cancelled_owned());
         }
@@ -331,7 +360,7 @@ async fn run(
         if next == total && left.is_empty() {
             return state;
         }
-        let wake = (next < total).then(|| config.due(start, next, started, total));
+        let wake = (next < total).then(|| due(next, started, &recent));
         tokio::select! {
             Some(()) = left.next(), if !left.is_empty() => state.closed += 1,
             () = sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
