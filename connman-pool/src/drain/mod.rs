@@ -5,7 +5,9 @@
 //!
 //! * [`DrainConfig::max_per_second`]`(r)`: one close every `1/r` seconds, across all namespaces together: the close
 //!   of the `k`-th member (from 0) begins `k/r` seconds after the drain starts. `n` members take `(n − 1)/r` seconds
-//!   (at least `⌈n/r⌉ − 1`), and no 1-second window ever sees more than `r` closes begin. Evenly spaced closes, rather
+//!   (at least `⌈n/r⌉ − 1`), and no 1-second window ever sees more than `r` closes begin. The cap is kept on the
+//!   instants the closes really began: a drain polled late, or a timer that fired late, spreads the overdue closes
+//!   out instead of starting them in a burst. Evenly spaced closes, rather
 //!   than batches of `r` on the second, also keep their completions (and the clients' reconnects) from bunching up
 //!   when a close takes a little longer than usual.
 //! * [`DrainConfig::over`]`(window)`: spread evenly over the window (Envoy's gradual drain): member `i` of `n` is
