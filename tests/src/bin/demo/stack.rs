@@ -276,8 +276,9 @@ impl Injector {
                 self.faults.reset_now();
             }
             1 => {
-                say("refuse connections for 500 ms");
+                say("reset every connection and refuse new ones for 500 ms");
                 self.faults.refuse().await;
+                self.faults.reset_now();
                 sleep(Duration::from_millis(500)).await;
                 let _ = self.faults.restore().await;
             }
