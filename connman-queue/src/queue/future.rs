@@ -7,10 +7,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use connman_core::error::{BoxError, Closed, Elapsed, LinkLost, MaybeDelivered, NotSent};
 use pin_project::{pin_project, pinned_drop};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
@@ -28,23 +28,23 @@ pub struct ResponseFuture<S: Service<Req>, Req> {
     seq: u64,
     idempotent: bool,
     replays: u32,
-    deadline: Instant,
+    /// When the request stops waiting: set the first time it has to wait (at the call if it is queued at once, at
+    /// its first replay if it went straight out), so the fast path never reads the clock.
+    deadline: Option<Instant>,
+    /// The longest it may wait, from then.
+    wait: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
-/// The capacity and weight a request holds until it is answered.
+/// The capacity slot and weight a request holds until it is answered; given back with `Shared::release`.
 #[derive(Debug)]
 pub(crate) struct Ticket {
-    _permit: OwnedSemaphorePermit,
     weight: usize,
 }
 
 impl Ticket {
-    pub(crate) fn new(permit: OwnedSemaphorePermit, weight: usize) -> Self {
-        Self {
-            _permit: permit,
-            weight,
-        }
+    pub(crate) fn new(weight: usize) -> Self {
+        Self { weight }
     }
 }
 
@@ -78,7 +78,7 @@ where
             shared,
             None,
             false,
-            Instant::now(),
+            (None, Duration::ZERO),
             0,
             State::Failed(Some(error)),
         )
@@ -88,7 +88,7 @@ where
         shared: Arc<Shared<S, Req>>,
         ticket: Ticket,
         idempotent: bool,
-        deadline: Instant,
+        wait: Duration,
         seq: u64,
         fut: S::Future,
         req: Req,
@@ -97,7 +97,7 @@ where
             fut,
             req: Some(req),
         };
-        Self::with_state(shared, Some(ticket), idempotent, deadline, seq, state)
+        Self::with_state(shared, Some(ticket), idempotent, (None, wait), seq, state)
     }
 
     pub(crate) fn queued(
@@ -112,7 +112,7 @@ where
             shared,
             Some(ticket),
             idempotent,
-            deadline,
+            (Some(deadline), Duration::ZERO),
             seq,
             State::Queued(rx),
         )
@@ -122,7 +122,7 @@ where
         shared: Arc<Shared<S, Req>>,
         ticket: Option<Ticket>,
         idempotent: bool,
-        deadline: Instant,
+        (deadline, wait): (Option<Instant>, Duration),
         seq: u64,
         state: State<S::Future, Req>,
     ) -> Self {
@@ -134,6 +134,7 @@ where
             idempotent,
             replays: 0,
             deadline,
+            wait,
             sleep: None,
         }
     }
@@ -152,7 +153,7 @@ where
         let mut this = self.project();
         this.state.set(State::Done);
         if let Some(ticket) = this.ticket.take() {
-            this.shared.release_weight(ticket.weight);
+            this.shared.release(ticket.weight);
         }
         Poll::Ready(result)
     }
@@ -201,11 +202,15 @@ where
                     let Some(req) = req.take() else {
                         return Poll::Ready(Err(error));
                     };
-                    if Instant::now() >= *this.deadline {
+                    let now = Instant::now();
+                    let deadline = *this
+                        .deadline
+                        .get_or_insert_with(|| super::shared::deadline(now, *this.wait));
+                    if now >= deadline {
                         this.shared.counters.expired.fetch_add(1, Ordering::Relaxed);
                         return Poll::Ready(Err(Elapsed::new().into()));
                     }
-                    let rx = match this.shared.requeue(*this.seq, *this.deadline, req) {
+                    let rx = match this.shared.requeue(*this.seq, deadline, req) {
                         Ok(rx) => rx,
                         Err(e) => return Poll::Ready(Err(e)),
                     };
@@ -226,7 +231,10 @@ where
                     Poll::Ready(Ok(Err(e))) => return Poll::Ready(Err(e)),
                     Poll::Ready(Err(_)) => return Poll::Ready(Err(Closed::new().into())),
                     Poll::Pending => {
-                        let deadline = *this.deadline;
+                        let wait = *this.wait;
+                        let deadline = *this
+                            .deadline
+                            .get_or_insert_with(|| super::shared::deadline(Instant::now(), wait));
                         let sleep = this
                             .sleep
                             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
@@ -250,7 +258,7 @@ impl<S: Service<Req>, Req> PinnedDrop for ResponseFuture<S, Req> {
     fn drop(self: Pin<&mut Self>) {
         let this = self.project();
         if let Some(ticket) = this.ticket.take() {
-            this.shared.release_weight(ticket.weight);
+            this.shared.release(ticket.weight);
         }
         if matches!(*this.state, State::Queued(_)) && this.shared.remove(*this.seq) {
             this.shared

@@ -6,7 +6,6 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use connman_core::error::{BoxError, Overloaded};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::TryAcquireError;
 use tokio_util::sync::PollSemaphore;
 use tower_service::Service;
@@ -47,7 +46,11 @@ use super::shared::{self, Shared, Submitted};
 pub struct Queue<S: tower_service::Service<Req>, Req> {
     shared: Arc<Shared<S, Req>>,
     semaphore: PollSemaphore,
-    permit: Option<OwnedSemaphorePermit>,
+    /// A slot reserved by `poll_ready` for the next `call`; its permit was forgotten and goes back with
+    /// `Shared::release`.
+    reserved: bool,
+    /// Waiting in the semaphore's line: the next try goes through `semaphore` so the place is not lost.
+    waiting: bool,
     overloaded: bool,
 }
 
@@ -59,7 +62,8 @@ pub struct CallOptions {
     /// (at-least-once). Only for requests that are safe to apply twice.
     pub idempotent: bool,
     /// Fail with [`Elapsed`](connman_core::error::Elapsed) if the request is still queued this long after the call
-    /// (upnode's `up(t, cb)`, UP-04). The queue's own max wait applies too.
+    /// (upnode's `up(t, cb)`, UP-04). The queue's own max wait applies too. For a request that went straight out
+    /// and came back for a replay, the time counts from that first replay: time in flight is not time queued.
     pub deadline: Option<Duration>,
 }
 
@@ -207,7 +211,8 @@ where
         Self {
             semaphore: PollSemaphore::new(shared.semaphore.clone()),
             shared,
-            permit: None,
+            reserved: false,
+            waiting: false,
             overloaded: false,
         }
     }
@@ -232,33 +237,32 @@ where
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return ResponseFuture::failed(shared, Overloaded::new().into());
         }
-        let Some(permit) = self.permit.take() else {
+        if !std::mem::take(&mut self.reserved) {
             return ResponseFuture::failed(shared, NotReady::new().into());
-        };
+        }
         let weight = (shared.weigh)(&req);
         if !shared.reserve_weight(weight) {
+            shared.release(0);
             shared
                 .counters
                 .overloaded
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return ResponseFuture::failed(shared, Overloaded::new().into());
         }
-        let ticket = Ticket::new(permit, weight);
+        let ticket = Ticket::new(weight);
         let wait = options
             .deadline
             .map_or(shared.max_wait, |d| d.min(shared.max_wait));
-        let now = tokio::time::Instant::now();
-        let deadline = now.checked_add(wait).unwrap_or(now);
-        let submitted = shared.submit(req, deadline);
+        let submitted = shared.submit(req, wait);
         match submitted {
             Submitted::Sent(seq, fut, req) => {
-                ResponseFuture::sent(shared, ticket, options.idempotent, deadline, seq, fut, req)
+                ResponseFuture::sent(shared, ticket, options.idempotent, wait, seq, fut, req)
             }
-            Submitted::Queued(seq, rx) => {
+            Submitted::Queued(seq, deadline, rx) => {
                 ResponseFuture::queued(shared, ticket, options.idempotent, deadline, seq, rx)
             }
             Submitted::Failed(e) => {
-                shared.release_weight(weight);
+                shared.release(weight);
                 ResponseFuture::failed(shared, e)
             }
         }
@@ -276,24 +280,35 @@ where
     type Future = ResponseFuture<S, Req>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.permit.is_some() {
+        if self.reserved {
             return Poll::Ready(Ok(()));
         }
-        if self.shared.reject_when_full {
-            // A handle found full before tries again: capacity may have come back since.
-            match self.shared.semaphore.clone().try_acquire_owned() {
+        if !self.waiting {
+            // The fast path: a free slot, taken without touching the semaphore's line of waiters. The permit is
+            // forgotten and comes back through `Shared::release` when the request is answered.
+            match self.shared.semaphore.try_acquire() {
                 Ok(permit) => {
+                    permit.forget();
                     self.overloaded = false;
-                    self.permit = Some(permit);
+                    self.reserved = true;
+                    return Poll::Ready(Ok(()));
                 }
-                Err(TryAcquireError::NoPermits) => self.overloaded = true,
                 Err(TryAcquireError::Closed) => return Poll::Ready(Err(self.shared.failure())),
+                Err(TryAcquireError::NoPermits) => {}
             }
-            return Poll::Ready(Ok(()));
+            if self.shared.reject_when_full {
+                // A handle found full tries again at its next `poll_ready`: capacity may have come back since.
+                self.overloaded = true;
+                return Poll::Ready(Ok(()));
+            }
         }
-        match ready!(self.semaphore.poll_acquire(cx)) {
+        self.waiting = true;
+        let permit = ready!(self.semaphore.poll_acquire(cx));
+        self.waiting = false;
+        match permit {
             Some(permit) => {
-                self.permit = Some(permit);
+                permit.forget();
+                self.reserved = true;
                 Poll::Ready(Ok(()))
             }
             None => Poll::Ready(Err(self.shared.failure())),
@@ -317,10 +332,19 @@ where
     }
 }
 
+impl<S: Service<Req>, Req> Drop for Queue<S, Req> {
+    fn drop(&mut self) {
+        // A handle dropped with a reserved slot gives it back.
+        if self.reserved {
+            self.shared.release(0);
+        }
+    }
+}
+
 impl<S: Service<Req>, Req> fmt::Debug for Queue<S, Req> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Queue")
-            .field("ready", &self.permit.is_some())
+            .field("ready", &self.reserved)
             .finish_non_exhaustive()
     }
 }

@@ -6,6 +6,7 @@ use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use connman_core::error::{BoxError, Closed, Elapsed, SharedError};
 use tokio::sync::{Notify, Semaphore, oneshot};
@@ -23,7 +24,7 @@ pub(crate) struct Shared<S: Service<Req>, Req> {
     weight: AtomicUsize,
     closed: AtomicBool,
     pub(crate) max_weight: usize,
-    pub(crate) max_wait: std::time::Duration,
+    pub(crate) max_wait: Duration,
     pub(crate) reject_when_full: bool,
     pub(crate) max_replays: u32,
     pub(crate) weigh: Weigher<Req>,
@@ -72,8 +73,8 @@ impl Failure {
 pub(crate) enum Submitted<F, Req> {
     /// Sent at once on the fast path.
     Sent(u64, F, Req),
-    /// Waiting in the queue.
-    Queued(u64, Receiver<F, Req>),
+    /// Waiting in the queue until the deadline.
+    Queued(u64, Instant, Receiver<F, Req>),
     /// Refused.
     Failed(BoxError),
 }
@@ -123,8 +124,8 @@ where
         }
     }
 
-    /// Sends `req` at once if nothing waits and the inner service is ready; else queues it.
-    pub(crate) fn submit(&self, req: Req, deadline: Instant) -> Submitted<S::Future, Req> {
+    /// Sends `req` at once if nothing waits and the inner service is ready; else queues it for at most `wait`.
+    pub(crate) fn submit(&self, req: Req, wait: Duration) -> Submitted<S::Future, Req> {
         let mut guard = self.lock();
         let inner = &mut *guard;
         if let Some(failure) = &inner.failure {
@@ -151,6 +152,8 @@ where
                 Poll::Pending => {}
             }
         }
+        // Only a request that has to wait reads the clock.
+        let deadline = deadline(Instant::now(), wait);
         let (tx, rx) = oneshot::channel();
         inner.queue.push_back(Entry {
             seq,
@@ -164,7 +167,7 @@ where
             .store(inner.queue.len(), Ordering::Relaxed);
         drop(guard);
         self.notify.notify_one();
-        Submitted::Queued(seq, rx)
+        Submitted::Queued(seq, deadline, rx)
     }
 
     /// Puts a request that was not sent (or that is idempotent) back in its place in the queue.
@@ -312,8 +315,12 @@ impl<S: Service<Req>, Req> Shared<S, Req> {
         }
     }
 
-    pub(crate) fn release_weight(&self, weight: usize) {
-        self.weight.fetch_sub(weight, Ordering::AcqRel);
+    /// Gives back a capacity slot and `weight`.
+    pub(crate) fn release(&self, weight: usize) {
+        if weight != 0 {
+            self.weight.fetch_sub(weight, Ordering::AcqRel);
+        }
+        self.semaphore.add_permits(1);
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -347,6 +354,11 @@ impl<S: Service<Req>, Req> Drop for Shared<S, Req> {
         // Wakes the worker so that it notices it has nothing left to serve.
         self.notify.notify_one();
     }
+}
+
+/// The instant `wait` after `now` (`now` itself if the clock cannot tell it).
+pub(crate) fn deadline(now: Instant, wait: Duration) -> Instant {
+    now.checked_add(wait).unwrap_or(now)
 }
 
 /// The worker: sends queued requests once the inner service is ready. It ends when the queue closes or is dropped.
