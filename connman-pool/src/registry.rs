@@ -181,7 +181,7 @@ where
 
     /// The facade of `namespace` seen from `scope` (CM-02: the first scope registered for an id wins).
     pub fn manager(&self, namespace: &str, scope: Scope<D>) -> Manager<C, K, D> {
-        let mut tables = self.shared.lock();
+        let mut tables = self.shared.lock_adding();
         let ns = tables.namespaces.entry(namespace.to_string()).or_default();
         let scope = ns
             .scopes
@@ -192,6 +192,7 @@ where
             shared: self.shared.clone(),
             namespace: namespace.to_string(),
             scope,
+            last: Mutex::new(None),
         }
     }
 
@@ -208,6 +209,7 @@ where
                     namespaces: HashMap::new(),
                 }),
                 next_key: AtomicU64::new(1),
+                generation: Generation::default(),
             }),
         }
     }
@@ -528,35 +530,49 @@ impl<C: Listen, K: fmt::Debug, D> fmt::Debug for Spec<C, K, D> {
 
 /// A shared connection, as handed out to a scope. Cheap to clone; holding it adds no reference.
 pub struct Client<C, K> {
-    record: Arc<Record<C, K>>,
+    /// Every client made by the registry has its own count on top of the record's: clones of one client (a
+    /// [`Manager`]'s cached `get` result among them) then never touch a count that other threads touch.
+    handle: Arc<Handle<C, K>>,
+}
+
+impl<C, K> Client<C, K> {
+    fn new(record: Arc<Record<C, K>>) -> Self {
+        Self {
+            handle: Arc::new(Handle { record }),
+        }
+    }
+
+    fn record(&self) -> &Record<C, K> {
+        &self.handle.record
+    }
 }
 
 impl<C, K: Clone> Client<C, K> {
     /// The connection's id (the new one after a move).
     pub fn id(&self) -> String {
-        self.record.lock().id.clone()
+        self.record().lock().id.clone()
     }
 
     /// The connection's credentials.
     pub fn credentials(&self) -> K {
-        self.record.lock().credentials.clone()
+        self.record().lock().credentials.clone()
     }
 
     /// The live connection, or `None` while it reconnects or after teardown.
     pub fn connection(&self) -> Option<Arc<C>> {
-        self.record.lock().connection.clone()
+        self.record().lock().connection.clone()
     }
 
     /// How many distinct scopes hold the connection.
     pub fn references(&self) -> usize {
-        self.record.counted.references()
+        self.record().counted.references()
     }
 }
 
 impl<C, K> Clone for Client<C, K> {
     fn clone(&self) -> Self {
         Self {
-            record: self.record.clone(),
+            handle: self.handle.clone(),
         }
     }
 }
@@ -564,8 +580,8 @@ impl<C, K> Clone for Client<C, K> {
 impl<C, K> fmt::Debug for Client<C, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("id", &self.record.lock().id)
-            .field("references", &self.record.counted.references())
+            .field("id", &self.record().lock().id)
+            .field("references", &self.record().counted.references())
             .finish_non_exhaustive()
     }
 }
@@ -665,6 +681,8 @@ pub struct Manager<C: Listen, K, D> {
     shared: Arc<Shared<C, K, D>>,
     namespace: String,
     scope: Arc<Scope<D>>,
+    /// The last connection `get` found this scope holding, so that asking again skips the table lock.
+    last: Mutex<Option<Held<C, K>>>,
 }
 
 impl<C, K, D> Manager<C, K, D>
@@ -710,20 +728,36 @@ where
     /// The connection under `id` if `credentials` match; the calling scope then holds a reference and its listeners
     /// are attached, once per scope (CM-17, CM-19).
     pub fn get(&self, id: &str, credentials: &K) -> Get<C, K> {
-        let mut tables = self.shared.lock();
-        let Some(entry) = tables.entry_mut(&self.namespace, id) else {
-            return Get::Absent;
+        if let Some(client) = self.held(id, credentials) {
+            return Get::Found(client);
+        }
+        let (client, generation) = {
+            let mut tables = self.shared.lock_adding();
+            let generation = self.shared.generation();
+            let Some(entry) = tables.entry_mut(&self.namespace, id) else {
+                return Get::Absent;
+            };
+            if !entry.ready {
+                return Get::Absent;
+            }
+            if entry.record.lock().credentials != *credentials {
+                return Get::Mismatch;
+            }
+            entry.hold(&self.scope);
+            let client = Client::new(entry.record.clone());
+            (client, generation)
         };
-        if !entry.ready {
-            return Get::Absent;
+        // The scope now holds the connection with its listeners attached: until the tables change, asking again
+        // changes nothing and finds the same connection. A cache in use by another thread is simply not updated.
+        if let Ok(mut last) = self.last.try_lock() {
+            *last = Some(Held {
+                generation,
+                id: id.into(),
+                credentials: credentials.clone(),
+                client: client.clone(),
+            });
         }
-        if entry.record.lock().credentials != *credentials {
-            return Get::Mismatch;
-        }
-        entry.hold(&self.scope);
-        Get::Found(Client {
-            record: entry.record.clone(),
-        })
+        Get::Found(client)
     }
 
     /// Lets go of the calling scope's reference to `id` and detaches its listeners (CM-19, CM-28).
@@ -817,12 +851,12 @@ where
             state.credentials = creds;
         }
         drop(state);
-        Ok(Client { record })
+        Ok(Client::new(record))
     }
 
     /// How many distinct scopes hold `id`; 0 for an unknown id (CM-20).
     pub fn reference_count(&self, id: &str) -> usize {
-        let mut tables = self.shared.lock();
+        let mut tables = self.shared.lock_adding();
         tables
             .entry_mut(&self.namespace, id)
             .map_or(0, |e| e.record.counted.references())
@@ -830,13 +864,13 @@ where
 
     /// Whether a connection (or a connect in flight) exists under `id`.
     pub fn exists(&self, id: &str) -> bool {
-        let mut tables = self.shared.lock();
+        let mut tables = self.shared.lock_adding();
         tables.entry_mut(&self.namespace, id).is_some()
     }
 
     /// The ids of the namespace's connections and connects in flight, sorted.
     pub fn keys(&self) -> Vec<String> {
-        let tables = self.shared.lock();
+        let tables = self.shared.lock_adding();
         let mut keys: Vec<String> = tables
             .namespaces
             .get(&self.namespace)
@@ -849,7 +883,7 @@ where
     /// Tells `id`'s supervisor that the connection is gone: it reconnects with backoff and re-attaches every holding
     /// scope's listeners (CM-35 … CM-39). Returns whether `id` exists. A report while not connected is ignored.
     pub fn report_lost(&self, id: &str) -> bool {
-        let mut tables = self.shared.lock();
+        let mut tables = self.shared.lock_adding();
         match tables.entry_mut(&self.namespace, id) {
             Some(entry) => {
                 entry.signals.lost.notify_one();
@@ -865,7 +899,7 @@ where
         existing_ok: bool,
     ) -> Result<Client<C, K>, BoxError> {
         let (record, mut outcome) = {
-            let mut tables = self.shared.lock();
+            let mut tables = self.shared.lock_adding();
             let ns = tables.namespaces.entry(self.namespace.clone()).or_default();
             if let Some(entry) = ns.ids.get(&spec.id).and_then(|k| ns.entries.get_mut(k)) {
                 if entry.record.lock().credentials != spec.credentials {
@@ -876,9 +910,7 @@ where
                         return Err(Duplicate::new(spec.id).into());
                     }
                     entry.hold(&self.scope);
-                    return Ok(Client {
-                        record: entry.record.clone(),
-                    });
+                    return Ok(Client::new(entry.record.clone()));
                 }
                 *entry.joiners.entry(self.scope.id.clone()).or_insert(0) += 1;
                 (entry.record.clone(), entry.outcome.clone())
@@ -896,7 +928,7 @@ where
         };
         let result = match outcome.wait_for(Option::is_some).await {
             Ok(done) => match &*done {
-                Some(Ok(())) => Ok(Client { record }),
+                Some(Ok(())) => Ok(Client::new(record)),
                 Some(Err(failure)) => Err(failure.to_error()),
                 None => Err(Closed::new().into()),
             },
@@ -905,6 +937,23 @@ where
         };
         guard.armed = false;
         result
+    }
+
+    /// The connection of the last `get`, if `id` and `credentials` are the same and the tables have not changed since.
+    ///
+    /// Every change to the tables happens under their lock, and every taking of the lock moves the generation on
+    /// first; an unchanged generation therefore means the scope still holds the connection with its listeners
+    /// attached, and `get` would change nothing. A cache that another thread is using, or that a panicking
+    /// credentials comparison poisoned, is a miss.
+    fn held(&self, id: &str, credentials: &K) -> Option<Client<C, K>> {
+        let mut last = self.last.try_lock().ok()?;
+        let held = last.as_ref()?;
+        if held.generation != self.shared.generation() {
+            // Stale for good: let go of the record now rather than at the next `get`.
+            *last = None;
+            return None;
+        }
+        (*held.id == *id && held.credentials == *credentials).then(|| held.client.clone())
     }
 
     /// Inserts a pending entry for `spec` with the calling scope as its first joiner, and spawns its supervisor.
@@ -967,6 +1016,7 @@ impl<C: Listen, K, D> Clone for Manager<C, K, D> {
             shared: self.shared.clone(),
             namespace: self.namespace.clone(),
             scope: self.scope.clone(),
+            last: Mutex::new(None),
         }
     }
 }
@@ -987,14 +1037,52 @@ struct Shared<C: Listen, K, D> {
     config: Config,
     tables: Mutex<Tables<C, K, D>>,
     next_key: AtomicU64,
+    /// How many times the tables were locked: the version that [`Manager`]s' cached `get` results belong to.
+    generation: Generation,
 }
 
 impl<C: Listen, K, D> Shared<C, K, D> {
     /// Locks the tables. User callbacks run under `catch_unwind`, so a poisoned lock can only come from a bug here;
     /// the tables stay consistent between statements, so carrying on is sound.
+    ///
+    /// Whoever takes the lock may change the tables, so the generation moves on before the guard is handed out:
+    /// every cached `get` result is stale from then on.
     fn lock(&self) -> MutexGuard<'_, Tables<C, K, D>> {
+        let tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
+        self.generation.0.fetch_add(1, Ordering::Release);
+        tables
+    }
+
+    /// Locks the tables to read them, or for changes that only add: scopes, entries, joiners, holders and attached
+    /// listeners. Such changes leave every cached `get` result true (a scope that holds a connection still does), so
+    /// the generation stays. Anything that releases, detaches, removes or re-keys takes [`Shared::lock`].
+    fn lock_adding(&self) -> MutexGuard<'_, Tables<C, K, D>> {
         self.tables.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// The current generation; under the lock, the one the caller's own changes belong to.
+    fn generation(&self) -> u64 {
+        self.generation.0.load(Ordering::Acquire)
+    }
+}
+
+/// The generation counter, on a cache line of its own: `get` reads it on every call, and nothing writes it while the
+/// tables are left alone.
+#[derive(Default)]
+#[repr(align(128))]
+struct Generation(AtomicU64);
+
+/// A [`Client`]'s way to its record: one per client the registry makes, shared by that client's clones only.
+struct Handle<C, K> {
+    record: Arc<Record<C, K>>,
+}
+
+/// What a [`Manager`]'s last successful `get` found, valid while the tables stay at `generation`.
+struct Held<C, K> {
+    generation: u64,
+    id: Box<str>,
+    credentials: K,
+    client: Client<C, K>,
 }
 
 struct Tables<C: Listen, K, D> {
@@ -1158,7 +1246,7 @@ impl<C: Listen, K, D> Drop for JoinGuard<'_, C, K, D> {
         let Some(shared) = self.shared.upgrade() else {
             return;
         };
-        let mut tables = shared.lock();
+        let mut tables = shared.lock_adding();
         let Some(entry) = tables
             .namespaces
             .get_mut(self.namespace)
@@ -1394,7 +1482,7 @@ where
             self.spawn_teardown(conn);
             return false;
         };
-        let mut tables = shared.lock();
+        let mut tables = shared.lock_adding();
         let Some(entry) = tables
             .namespaces
             .get_mut(&self.namespace)
@@ -1443,7 +1531,7 @@ where
         self.shared
             .upgrade()
             .and_then(|shared| {
-                let mut tables = shared.lock();
+                let mut tables = shared.lock_adding();
                 tables
                     .namespaces
                     .get_mut(&self.namespace)
