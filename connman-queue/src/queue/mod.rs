@@ -5,6 +5,7 @@ mod future;
 mod layer;
 mod service;
 mod shared;
+mod slots;
 
 pub use error::{NotReady, ServiceFailed};
 pub use future::ResponseFuture;

@@ -6,14 +6,13 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use connman_core::error::{BoxError, Overloaded};
-use tokio::sync::TryAcquireError;
-use tokio_util::sync::PollSemaphore;
 use tower_service::Service;
 
 use super::error::NotReady;
 use super::future::{ResponseFuture, Ticket};
 use super::layer::QueueLayer;
 use super::shared::{self, Shared, Submitted};
+use super::slots::Taken;
 
 /// Requests wait here while the link is down and go out in order once it is up. See the [module docs](super).
 ///
@@ -45,12 +44,10 @@ use super::shared::{self, Shared, Submitted};
 /// ```
 pub struct Queue<S: tower_service::Service<Req>, Req> {
     shared: Arc<Shared<S, Req>>,
-    semaphore: PollSemaphore,
-    /// A slot reserved by `poll_ready` for the next `call`; its permit was forgotten and goes back with
-    /// `Shared::release`.
+    /// A slot reserved by `poll_ready` for the next `call`.
     reserved: bool,
-    /// Waiting in the semaphore's line: the next try goes through `semaphore` so the place is not lost.
-    waiting: bool,
+    /// The handle's place in the line of handles waiting for a slot.
+    place: Option<u64>,
     overloaded: bool,
 }
 
@@ -209,10 +206,9 @@ where
 {
     fn from_shared(shared: Arc<Shared<S, Req>>) -> Self {
         Self {
-            semaphore: PollSemaphore::new(shared.semaphore.clone()),
             shared,
             reserved: false,
-            waiting: false,
+            place: None,
             overloaded: false,
         }
     }
@@ -283,35 +279,29 @@ where
         if self.reserved {
             return Poll::Ready(Ok(()));
         }
-        if !self.waiting {
-            // The fast path: a free slot, taken without touching the semaphore's line of waiters. The permit is
-            // forgotten and comes back through `Shared::release` when the request is answered.
-            match self.shared.semaphore.try_acquire() {
-                Ok(permit) => {
-                    permit.forget();
+        if self.place.is_none() {
+            // The fast path: a free slot, taken with one atomic operation.
+            match self.shared.slots.try_take() {
+                Some(Taken::Slot) => {
                     self.overloaded = false;
                     self.reserved = true;
                     return Poll::Ready(Ok(()));
                 }
-                Err(TryAcquireError::Closed) => return Poll::Ready(Err(self.shared.failure())),
-                Err(TryAcquireError::NoPermits) => {}
-            }
-            if self.shared.reject_when_full {
-                // A handle found full tries again at its next `poll_ready`: capacity may have come back since.
-                self.overloaded = true;
-                return Poll::Ready(Ok(()));
+                Some(Taken::Closed) => return Poll::Ready(Err(self.shared.failure())),
+                None if self.shared.reject_when_full => {
+                    // A handle found full tries again at its next `poll_ready`: capacity may have come back since.
+                    self.overloaded = true;
+                    return Poll::Ready(Ok(()));
+                }
+                None => {}
             }
         }
-        self.waiting = true;
-        let permit = ready!(self.semaphore.poll_acquire(cx));
-        self.waiting = false;
-        match permit {
-            Some(permit) => {
-                permit.forget();
+        match ready!(self.shared.slots.poll_take(&mut self.place, cx)) {
+            Taken::Slot => {
                 self.reserved = true;
                 Poll::Ready(Ok(()))
             }
-            None => Poll::Ready(Err(self.shared.failure())),
+            Taken::Closed => Poll::Ready(Err(self.shared.failure())),
         }
     }
 
@@ -334,9 +324,12 @@ where
 
 impl<S: Service<Req>, Req> Drop for Queue<S, Req> {
     fn drop(&mut self) {
-        // A handle dropped with a reserved slot gives it back.
+        // A handle dropped with a reserved slot gives it back; one dropped while waiting leaves the line.
         if self.reserved {
             self.shared.release(0);
+        }
+        if let Some(place) = self.place {
+            self.shared.slots.leave(place);
         }
     }
 }

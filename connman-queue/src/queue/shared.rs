@@ -9,18 +9,19 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use connman_core::error::{BoxError, Closed, Elapsed, SharedError};
-use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use tower_service::Service;
 
 use super::error::ServiceFailed;
 use super::layer::Weigher;
 use super::service::QueueStats;
+use super::slots::Slots;
 
 pub(crate) struct Shared<S: Service<Req>, Req> {
     inner: Mutex<Inner<S, Req>>,
     pub(crate) notify: Arc<Notify>,
-    pub(crate) semaphore: Arc<Semaphore>,
+    pub(crate) slots: Slots,
     weight: AtomicUsize,
     closed: AtomicBool,
     pub(crate) max_weight: usize,
@@ -112,7 +113,7 @@ where
                 failure: None,
             }),
             notify: Arc::new(Notify::new()),
-            semaphore: Arc::new(Semaphore::new(layer.capacity)),
+            slots: Slots::new(layer.capacity),
             weight: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             max_weight: layer.max_weight,
@@ -294,7 +295,7 @@ where
         inner.service = None;
         self.counters.len.store(0, Ordering::Relaxed);
         self.closed.store(true, Ordering::Release);
-        self.semaphore.close();
+        self.slots.close();
         self.notify.notify_one();
     }
 }
@@ -320,7 +321,7 @@ impl<S: Service<Req>, Req> Shared<S, Req> {
         if weight != 0 {
             self.weight.fetch_sub(weight, Ordering::AcqRel);
         }
-        self.semaphore.add_permits(1);
+        self.slots.release();
     }
 
     pub(crate) fn is_closed(&self) -> bool {
