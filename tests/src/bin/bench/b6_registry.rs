@@ -18,7 +18,9 @@ pub(crate) const SCENARIO: Scenario = Scenario {
     title: "shared handle get + drop",
     method: "Each of 1, 16 and 64 tokio tasks (multi-thread runtime, 2 workers) runs get + drop in a loop; the \
              figure is wall time over all operations. Ours gets the handle of one shared connection through \
-             `Registry::get` and drops it. The peers are a deadpool 0.12 managed pool and a bb8 0.9 pool, each with \
+             `Manager::get` (each task is a scope with a `Manager` of its own) and drops it; the registry answers \
+             a repeated `get` from the manager's cached result while the tables are unchanged, so this is the \
+             figure of that path. The peers are a deadpool 0.12 managed pool and a bb8 0.9 pool, each with \
              a manager whose connect and recycle do nothing, `max_size` 64 so that no task ever waits for an object \
              (bb8 keeps its default check on checkout). Every round of every contender runs under a time bound: a \
              run that does not finish is a liveness failure.",
