@@ -60,6 +60,8 @@ pub struct QueueLayer<Req> {
     pub(crate) reject_when_full: bool,
     pub(crate) max_replays: u32,
     pub(crate) weigh: Weigher<Req>,
+    /// Whether `weigh` is the default, one per request.
+    pub(crate) unit_weight: bool,
     _req: PhantomData<fn(Req)>,
 }
 
@@ -74,6 +76,7 @@ impl<Req> QueueLayer<Req> {
             reject_when_full: false,
             max_replays: DEFAULT_MAX_REPLAYS,
             weigh: Arc::new(|_| 1),
+            unit_weight: true,
             _req: PhantomData,
         }
     }
@@ -113,6 +116,7 @@ impl<Req> QueueLayer<Req> {
         F: Fn(&Req) -> usize + Send + Sync + 'static,
     {
         self.weigh = Arc::new(weigh);
+        self.unit_weight = false;
         self
     }
 
@@ -159,6 +163,7 @@ impl<Req> Clone for QueueLayer<Req> {
             reject_when_full: self.reject_when_full,
             max_replays: self.max_replays,
             weigh: self.weigh.clone(),
+            unit_weight: self.unit_weight,
             _req: PhantomData,
         }
     }

@@ -236,15 +236,20 @@ where
         if !std::mem::take(&mut self.reserved) {
             return ResponseFuture::failed(shared, NotReady::new().into());
         }
-        let weight = (shared.weigh)(&req);
-        if !shared.reserve_weight(weight) {
-            shared.release(0);
-            shared
-                .counters
-                .overloaded
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return ResponseFuture::failed(shared, Overloaded::new().into());
-        }
+        let weight = if shared.unit_weight {
+            1
+        } else {
+            let weight = (shared.weigh)(&req);
+            if !shared.reserve_weight(weight) {
+                shared.release_slot();
+                shared
+                    .counters
+                    .overloaded
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return ResponseFuture::failed(shared, Overloaded::new().into());
+            }
+            weight
+        };
         let ticket = Ticket::new(weight);
         let wait = options
             .deadline
@@ -326,7 +331,7 @@ impl<S: Service<Req>, Req> Drop for Queue<S, Req> {
     fn drop(&mut self) {
         // A handle dropped with a reserved slot gives it back; one dropped while waiting leaves the line.
         if self.reserved {
-            self.shared.release(0);
+            self.shared.release_slot();
         }
         if let Some(place) = self.place {
             self.shared.slots.leave(place);
@@ -339,5 +344,81 @@ impl<S: Service<Req>, Req> fmt::Debug for Queue<S, Req> {
         f.debug_struct("Queue")
             .field("ready", &self.reserved)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+
+    use connman_core::error::NotSent;
+    use tower_test::mock;
+
+    use super::*;
+
+    type Mock = mock::Mock<&'static str, &'static str>;
+
+    async fn ready(queue: &mut Queue<Mock, &'static str>) {
+        poll_fn(|cx| Service::poll_ready(queue, cx))
+            .await
+            .expect("queue ready");
+    }
+
+    /// With the default weigher the weight held is counted from calls and answers, not with an atomic of its own:
+    /// it must still be exact through queued, sent, replayed, failed and dropped requests, and a reserved slot that
+    /// no request used weighs nothing.
+    #[tokio::test(start_paused = true)]
+    async fn unit_weight_gauge_counts_requests_called_and_not_answered() {
+        let (service, mut handle) = mock::pair::<&'static str, &'static str>();
+        let mut queue = Queue::new(service, &QueueLayer::new());
+        assert!(queue.shared.unit_weight);
+        handle.allow(0);
+        ready(&mut queue).await;
+        let a = queue.call("a");
+        ready(&mut queue).await;
+        let b = queue.call("b");
+        // Reserved, not called: no weight.
+        ready(&mut queue).await;
+        assert_eq!(queue.stats().weight, 2);
+        drop(b);
+        assert_eq!(queue.stats().weight, 1);
+        handle.allow(1);
+        let (req, send) = handle.next_request().await.expect("a");
+        assert_eq!(req, "a");
+        // Not sent: replayed, and still held.
+        send.send_error(NotSent::new());
+        let mut a = tokio_test::task::spawn(a);
+        assert!(a.poll().is_pending());
+        assert_eq!(queue.stats().weight, 1);
+        handle.allow(1);
+        let (_, send) = handle.next_request().await.expect("a again");
+        send.send_response("A");
+        assert_eq!(a.await.expect("answer"), "A");
+        assert_eq!(queue.stats().weight, 0);
+        // A request refused at call (the queue closed after its slot was reserved) gives its weight back at once.
+        queue.close();
+        let c = queue.call("c");
+        assert_eq!(queue.stats().weight, 0);
+        assert!(
+            c.await
+                .expect_err("closed")
+                .is::<connman_core::error::Closed>()
+        );
+    }
+
+    /// A weigher of one's own, or a weight bound below the capacity, keeps the atomic weight count and its bound.
+    #[tokio::test(start_paused = true)]
+    async fn a_binding_weight_bound_is_still_enforced_with_unit_weights() {
+        let (service, mut handle) = mock::pair::<&'static str, &'static str>();
+        let layer = QueueLayer::new().max_weight(1).expect("weight");
+        let mut queue = Queue::new(service, &layer);
+        assert!(!queue.shared.unit_weight);
+        handle.allow(0);
+        ready(&mut queue).await;
+        let _held = queue.call("a");
+        ready(&mut queue).await;
+        let err = queue.call("b").await.expect_err("over the weight bound");
+        assert!(err.is::<Overloaded>());
+        assert_eq!(queue.stats().weight, 1);
     }
 }

@@ -22,7 +22,12 @@ pub(crate) struct Shared<S: Service<Req>, Req> {
     inner: Mutex<Inner<S, Req>>,
     pub(crate) notify: Arc<Notify>,
     pub(crate) slots: Slots,
+    /// The weight held, unless `unit_weight`.
     weight: AtomicUsize,
+    /// Every request weighs one and the weight bound cannot bind before the count bound: the weight held is the
+    /// number of requests called and not yet answered, counted under the lock (calls) and by the slots (answers),
+    /// so the fast path spends no atomic operation on weight.
+    pub(crate) unit_weight: bool,
     closed: AtomicBool,
     pub(crate) max_weight: usize,
     pub(crate) max_wait: Duration,
@@ -38,6 +43,10 @@ struct Inner<S: Service<Req>, Req> {
     queue: VecDeque<Entry<S::Future, Req>>,
     next_seq: u64,
     failure: Option<Failure>,
+    /// Requests called, wrapping, when `unit_weight`.
+    called: u32,
+    /// Requests sent at once on the fast path.
+    direct: u64,
 }
 
 struct Entry<F, Req> {
@@ -82,7 +91,6 @@ pub(crate) enum Submitted<F, Req> {
 
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) direct: AtomicU64,
     pub(crate) queued: AtomicU64,
     pub(crate) replayed: AtomicU64,
     pub(crate) maybe_delivered: AtomicU64,
@@ -105,16 +113,24 @@ where
     Req: Clone,
 {
     pub(crate) fn new(service: S, layer: &super::QueueLayer<Req>) -> Self {
+        let slots = Slots::new(
+            layer.capacity,
+            layer.unit_weight && layer.max_weight >= layer.capacity,
+        );
+        let unit_weight = slots.counts_answers();
         Self {
             inner: Mutex::new(Inner {
                 service: Some(service),
                 queue: VecDeque::new(),
                 next_seq: 0,
                 failure: None,
+                called: 0,
+                direct: 0,
             }),
             notify: Arc::new(Notify::new()),
-            slots: Slots::new(layer.capacity),
+            slots,
             weight: AtomicUsize::new(0),
+            unit_weight,
             closed: AtomicBool::new(false),
             max_weight: layer.max_weight,
             max_wait: layer.max_wait,
@@ -129,6 +145,10 @@ where
     pub(crate) fn submit(&self, req: Req, wait: Duration) -> Submitted<S::Future, Req> {
         let mut guard = self.lock();
         let inner = &mut *guard;
+        if self.unit_weight {
+            // Matched by the answer counted when the request's slot is released, whatever happens next.
+            inner.called = inner.called.wrapping_add(1);
+        }
         if let Some(failure) = &inner.failure {
             return Submitted::Failed(failure.error());
         }
@@ -143,7 +163,7 @@ where
                 Poll::Ready(Ok(())) => {
                     let keep = req.clone();
                     let fut = svc.call(req);
-                    self.counters.direct.fetch_add(1, Ordering::Relaxed);
+                    inner.direct += 1;
                     return Submitted::Sent(seq, fut, keep);
                 }
                 Poll::Ready(Err(e)) => {
@@ -316,12 +336,17 @@ impl<S: Service<Req>, Req> Shared<S, Req> {
         }
     }
 
-    /// Gives back a capacity slot and `weight`.
+    /// Gives back the slot and `weight` of a request that was called.
     pub(crate) fn release(&self, weight: usize) {
-        if weight != 0 {
+        if !self.unit_weight && weight != 0 {
             self.weight.fetch_sub(weight, Ordering::AcqRel);
         }
-        self.slots.release();
+        self.slots.release(true);
+    }
+
+    /// Gives back a slot reserved by `poll_ready` that no request used.
+    pub(crate) fn release_slot(&self) {
+        self.slots.release(false);
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -330,10 +355,20 @@ impl<S: Service<Req>, Req> Shared<S, Req> {
 
     pub(crate) fn stats(&self) -> QueueStats {
         let c = &self.counters;
+        let (weight, direct) = {
+            let inner = self.lock();
+            // Answers follow calls and calls wait for the lock: the difference is the weight held.
+            let weight = if self.unit_weight {
+                inner.called.wrapping_sub(self.slots.answered()) as usize
+            } else {
+                self.weight.load(Ordering::Relaxed)
+            };
+            (weight, inner.direct)
+        };
         QueueStats {
             len: c.len.load(Ordering::Relaxed),
-            weight: self.weight.load(Ordering::Relaxed),
-            direct: c.direct.load(Ordering::Relaxed),
+            weight,
+            direct,
             queued: c.queued.load(Ordering::Relaxed),
             replayed: c.replayed.load(Ordering::Relaxed),
             maybe_delivered: c.maybe_delivered.load(Ordering::Relaxed),

@@ -2,12 +2,15 @@
 //! a first-come, first-served line of handles waiting when none is.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
-/// Set in [`Slots::free`] once the queue is closed.
-const CLOSED: usize = 1 << (usize::BITS - 1);
+/// One answered request, in the high half of [`Slots::state`] when the slots count answers.
+const ANSWER: u64 = 1 << 32;
+
+/// The largest capacity for which the slots can count answers too.
+const MAX_COUNTED: usize = (1 << 31) - 1;
 
 /// Free slots and the handles waiting for one.
 ///
@@ -16,8 +19,13 @@ const CLOSED: usize = 1 << (usize::BITS - 1);
 /// free while a handle waits for it.
 #[derive(Debug)]
 pub(crate) struct Slots {
-    /// The number of free slots, with [`CLOSED`] set once closed.
-    free: AtomicUsize,
+    /// The number of free slots in the bits below `closed`, the `closed` bit, and, when the slots count answers,
+    /// the number of answered requests (wrapping) in the high 32 bits: a released slot and its answer are one atomic
+    /// addition.
+    state: AtomicU64,
+    /// The bit set once closed: bit 31 when counting answers, else bit 63.
+    closed: u64,
+    counts_answers: bool,
     /// Whether `line` may hold a handle; lets [`Slots::release`] skip the lock when nobody waits.
     contended: AtomicBool,
     line: Mutex<Line>,
@@ -47,10 +55,15 @@ struct Waiter {
 }
 
 impl Slots {
-    /// `capacity` free slots.
-    pub(crate) fn new(capacity: usize) -> Self {
+    /// `capacity` free slots; with `count_answers` (for a capacity up to [`MAX_COUNTED`]), a count of answered
+    /// requests too.
+    pub(crate) fn new(capacity: usize, count_answers: bool) -> Self {
+        let counts_answers = count_answers && capacity <= MAX_COUNTED;
         Self {
-            free: AtomicUsize::new(capacity),
+            // A capacity is at most tokio's `Semaphore::MAX_PERMITS` (`usize::MAX >> 3`), below bit 63.
+            state: AtomicU64::new(capacity as u64),
+            closed: if counts_answers { 1 << 31 } else { 1 << 63 },
+            counts_answers,
             contended: AtomicBool::new(false),
             line: Mutex::new(Line::default()),
         }
@@ -58,22 +71,22 @@ impl Slots {
 
     /// Takes a free slot without waiting: `None` if there is none (or a handle waits for one already).
     pub(crate) fn try_take(&self) -> Option<Taken> {
-        let mut free = self.free.load(Ordering::Relaxed);
+        let mut state = self.state.load(Ordering::Relaxed);
         loop {
-            if free & CLOSED != 0 {
+            if state & self.closed != 0 {
                 return Some(Taken::Closed);
             }
-            if free == 0 {
+            if state & (self.closed - 1) == 0 {
                 return None;
             }
-            match self.free.compare_exchange_weak(
-                free,
-                free - 1,
+            match self.state.compare_exchange_weak(
+                state,
+                state - 1,
                 Ordering::Acquire,
                 Ordering::Relaxed,
             ) {
                 Ok(_) => return Some(Taken::Slot),
-                Err(now) => free = now,
+                Err(now) => state = now,
             }
         }
     }
@@ -115,7 +128,7 @@ impl Slots {
             granted: false,
         });
         *ticket = Some(id);
-        // Published before looking at `free` again, as `release` adds to `free` before looking at this: one of the
+        // Published before looking at the free count again, as `release` adds to it before looking at this: one of the
         // two sees the other, so a slot released just now is not left free while this handle waits.
         self.contended.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
@@ -138,31 +151,48 @@ impl Slots {
             && let Some(waiter) = line.waiters.remove(pos)
         {
             if waiter.granted {
-                self.give(&mut line);
+                self.give(&mut line, false);
             }
             self.settle(&line);
         }
     }
 
-    /// Gives a slot back: to the first waiting handle, or to the free count.
-    pub(crate) fn release(&self) {
+    /// Gives a slot back: to the first waiting handle, or to the free count. `answered`: the slot held a request
+    /// that is answered now (counted when the slots count answers).
+    pub(crate) fn release(&self, answered: bool) {
         if !self.contended.load(Ordering::SeqCst) {
-            self.free.fetch_add(1, Ordering::SeqCst);
+            self.state
+                .fetch_add(1 + self.answer(answered), Ordering::SeqCst);
             if !self.contended.load(Ordering::SeqCst) {
                 return;
             }
-            // A handle joined the line meanwhile and may have looked at `free` before this slot was added.
+            // A handle joined the line meanwhile and may have looked at the free count before this slot was added.
             let mut line = self.lock();
             self.grant_free(&mut line);
             return;
         }
         let mut line = self.lock();
-        self.give(&mut line);
+        self.give(&mut line, answered);
+    }
+
+    /// The number of answered requests, wrapping; zero unless the slots count answers.
+    pub(crate) fn answered(&self) -> u32 {
+        if self.counts_answers {
+            // The high half of the state is the answer count.
+            (self.state.load(Ordering::Acquire) >> 32) as u32
+        } else {
+            0
+        }
+    }
+
+    /// Whether the slots count answers.
+    pub(crate) fn counts_answers(&self) -> bool {
+        self.counts_answers
     }
 
     /// Closes: no slot is taken any more, and every waiting handle is woken to see it.
     pub(crate) fn close(&self) {
-        self.free.fetch_or(CLOSED, Ordering::SeqCst);
+        self.state.fetch_or(self.closed, Ordering::SeqCst);
         let wakers: Vec<Waker> = {
             let mut line = self.lock();
             line.waiters
@@ -176,18 +206,31 @@ impl Slots {
     }
 
     fn is_closed(&self) -> bool {
-        self.free.load(Ordering::Acquire) & CLOSED != 0
+        self.state.load(Ordering::Acquire) & self.closed != 0
+    }
+
+    /// What to add to the state for an answer.
+    fn answer(&self, answered: bool) -> u64 {
+        if answered && self.counts_answers {
+            ANSWER
+        } else {
+            0
+        }
     }
 
     /// Hands one released slot to the first waiter that has none, or adds it to the free count.
-    fn give(&self, line: &mut Line) {
+    fn give(&self, line: &mut Line, answered: bool) {
         if let Some(waiter) = line.waiters.iter_mut().find(|w| !w.granted) {
             waiter.granted = true;
             if let Some(waker) = waiter.waker.take() {
                 waker.wake();
             }
+            if answered && self.counts_answers {
+                self.state.fetch_add(ANSWER, Ordering::SeqCst);
+            }
         } else {
-            self.free.fetch_add(1, Ordering::SeqCst);
+            self.state
+                .fetch_add(1 + self.answer(answered), Ordering::SeqCst);
         }
     }
 
@@ -240,35 +283,35 @@ mod tests {
 
     #[test]
     fn a_released_slot_goes_to_the_first_waiter_not_to_a_newcomer() {
-        let slots = Slots::new(1);
+        let slots = Slots::new(1, false);
         assert_eq!(slots.try_take(), Some(Taken::Slot));
         let (mut first, mut second) = (None, None);
         let (mut t1, mut t2) = (task::spawn(()), task::spawn(()));
         assert!(poll(&slots, &mut first, &mut t1).is_pending());
         assert!(poll(&slots, &mut second, &mut t2).is_pending());
-        slots.release();
+        slots.release(false);
         assert!(t1.is_woken());
         assert!(!t2.is_woken());
         // The slot is granted to the first waiter: a newcomer finds none.
         assert_eq!(slots.try_take(), None);
         assert_eq!(poll(&slots, &mut first, &mut t1), Poll::Ready(Taken::Slot));
         assert!(poll(&slots, &mut second, &mut t2).is_pending());
-        slots.release();
+        slots.release(false);
         assert_eq!(poll(&slots, &mut second, &mut t2), Poll::Ready(Taken::Slot));
         // Nobody waits now: a release goes back to the free count.
-        slots.release();
+        slots.release(false);
         assert_eq!(slots.try_take(), Some(Taken::Slot));
     }
 
     #[test]
     fn a_waiter_that_leaves_passes_its_granted_slot_on() {
-        let slots = Slots::new(1);
+        let slots = Slots::new(1, false);
         assert_eq!(slots.try_take(), Some(Taken::Slot));
         let (mut first, mut second) = (None, None);
         let (mut t1, mut t2) = (task::spawn(()), task::spawn(()));
         assert!(poll(&slots, &mut first, &mut t1).is_pending());
         assert!(poll(&slots, &mut second, &mut t2).is_pending());
-        slots.release();
+        slots.release(false);
         slots.leave(first.expect("in line"));
         assert!(t2.is_woken());
         assert_eq!(poll(&slots, &mut second, &mut t2), Poll::Ready(Taken::Slot));
@@ -276,7 +319,7 @@ mod tests {
 
     #[test]
     fn close_wakes_every_waiter_and_refuses_slots() {
-        let slots = Slots::new(1);
+        let slots = Slots::new(1, false);
         assert_eq!(slots.try_take(), Some(Taken::Slot));
         let mut ticket = None;
         let mut t = task::spawn(());
@@ -287,7 +330,7 @@ mod tests {
             poll(&slots, &mut ticket, &mut t),
             Poll::Ready(Taken::Closed)
         );
-        slots.release();
+        slots.release(false);
         assert_eq!(slots.try_take(), Some(Taken::Closed));
     }
 }
