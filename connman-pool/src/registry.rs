@@ -121,7 +121,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use connman_core::backoff::{Backoff, presets};
@@ -183,26 +183,30 @@ where
     pub fn manager(&self, namespace: &str, scope: Scope<D>) -> Manager<C, K, D> {
         let mut tables = self.shared.lock_adding();
         let ns = tables.namespaces.entry(namespace.to_string()).or_default();
-        let scope = ns
-            .scopes
-            .entry(scope.id.clone())
-            .or_insert_with(|| Arc::new(scope))
-            .clone();
+        let scope = match ns.scopes.get(&scope.id) {
+            Some(first) => first.clone(),
+            None => {
+                let scope = Arc::new(scope);
+                ns.scopes.insert(scope.id.clone(), scope.clone());
+                scope
+            }
+        };
         // A new manager of a scope starts from what the scope's last `get` found, if the tables are unchanged since.
         let generation = self.shared.generation();
-        let last = match ns.held.get(&scope.id) {
-            Some(held) if held.generation == generation => Some(held.fork()),
+        let first = match ns.held.get(&scope.id) {
+            Some(held) if held.generation() == generation => OnceLock::from(held.fork()),
             Some(_) => {
                 ns.held.remove(&scope.id);
-                None
+                OnceLock::new()
             }
-            None => None,
+            None => OnceLock::new(),
         };
         Manager {
             shared: self.shared.clone(),
             namespace: namespace.to_string(),
             scope,
-            last: Mutex::new(last),
+            first,
+            last: Mutex::new(None),
         }
     }
 
@@ -691,7 +695,10 @@ pub struct Manager<C: Listen, K, D> {
     shared: Arc<Shared<C, K, D>>,
     namespace: String,
     scope: Arc<Scope<D>>,
-    /// The last connection `get` found this scope holding, so that asking again skips the table lock.
+    /// The first connection `get` found this scope holding (or the one the scope's last `get` found when this
+    /// manager was made). Reading it takes no lock, and a later `get` of the same connection makes it valid again.
+    first: OnceLock<Held<C, K>>,
+    /// The last other connection `get` found this scope holding.
     last: Mutex<Option<Held<C, K>>>,
 }
 
@@ -737,8 +744,12 @@ where
 
     /// The connection under `id` if `credentials` match; the calling scope then holds a reference and its listeners
     /// are attached, once per scope (CM-17, CM-19).
+    ///
+    /// Asking again for a connection the scope already holds changes nothing, and is answered from the manager's
+    /// own memory without locking the registry, as long as nothing in the registry was released, detached, removed
+    /// or moved since.
     pub fn get(&self, id: &str, credentials: &K) -> Get<C, K> {
-        if let Some(client) = self.held(id, credentials) {
+        if let Some(client) = self.cached(id, credentials) {
             return Get::Found(client);
         }
         let mut tables = self.shared.lock_adding();
@@ -758,20 +769,15 @@ where
         entry.hold(&self.scope);
         // The scope now holds the connection with its listeners attached: until the tables change, asking again
         // changes nothing and finds the same connection. This manager remembers it, and so does the scope for the
-        // managers made after; a cache in use by another thread is simply not updated.
+        // managers made after.
         let held = Held {
-            generation,
+            generation: AtomicU64::new(generation),
             id: id.into(),
             credentials: credentials.clone(),
             client: Client::new(entry.record.clone()),
         };
         ns.held.insert(self.scope.id.clone(), held.fork());
-        drop(tables);
-        let client = held.client.clone();
-        if let Ok(mut last) = self.last.try_lock() {
-            *last = Some(held);
-        }
-        Get::Found(client)
+        Get::Found(self.remember(held))
     }
 
     /// Lets go of the calling scope's reference to `id` and detaches its listeners (CM-19, CM-28).
@@ -953,21 +959,52 @@ where
         result
     }
 
-    /// The connection of the last `get`, if `id` and `credentials` are the same and the tables have not changed since.
+    /// A connection an earlier `get` found, if `id` and `credentials` are the same and the tables have not changed
+    /// since.
     ///
-    /// Every change to the tables happens under their lock, and every taking of the lock moves the generation on
-    /// first; an unchanged generation therefore means the scope still holds the connection with its listeners
-    /// attached, and `get` would change nothing. A cache that another thread is using, or that a panicking
-    /// credentials comparison poisoned, is a miss.
-    fn held(&self, id: &str, credentials: &K) -> Option<Client<C, K>> {
+    /// Every change to the tables that could undo a `get` (a release, a detach, a removal, a re-key) happens under
+    /// their lock and moves the generation on first; an unchanged generation therefore means the scope still holds
+    /// the connection with its listeners attached, and `get` would change nothing. A `last` cache that another
+    /// thread is using, or that a panicking credentials comparison poisoned, is a miss.
+    fn cached(&self, id: &str, credentials: &K) -> Option<Client<C, K>> {
+        let generation = self.shared.generation();
+        if let Some(first) = self.first.get()
+            && first.answers(generation, id, credentials)
+        {
+            return Some(first.client.clone());
+        }
         let mut last = self.last.try_lock().ok()?;
         let held = last.as_ref()?;
-        if held.generation != self.shared.generation() {
+        if held.generation() != generation {
             // Stale for good: let go of the record now rather than at the next `get`.
             *last = None;
             return None;
         }
-        (*held.id == *id && held.credentials == *credentials).then(|| held.client.clone())
+        held.answers(generation, id, credentials)
+            .then(|| held.client.clone())
+    }
+
+    /// Keeps what a `get` found, with the tables locked; returns its client.
+    ///
+    /// The first finding of a manager stays for its lifetime: a later `get` of the same connection only moves its
+    /// generation on. Any other finding replaces `last`, unless another thread is reading it.
+    fn remember(&self, held: Held<C, K>) -> Client<C, K> {
+        let client = held.client.clone();
+        match self.first.get() {
+            Some(first) if first.same(&held) => {
+                first.generation.store(held.generation(), Ordering::Release)
+            }
+            Some(_) => {
+                if let Ok(mut last) = self.last.try_lock() {
+                    *last = Some(held);
+                }
+            }
+            None => {
+                // Only `get` sets it, with the tables locked: it cannot have been set since `get` above.
+                let _ = self.first.set(held);
+            }
+        }
+        client
     }
 
     /// Inserts a pending entry for `spec` with the calling scope as its first joiner, and spawns its supervisor.
@@ -1030,6 +1067,7 @@ impl<C: Listen, K, D> Clone for Manager<C, K, D> {
             shared: self.shared.clone(),
             namespace: self.namespace.clone(),
             scope: self.scope.clone(),
+            first: OnceLock::new(),
             last: Mutex::new(None),
         }
     }
@@ -1091,19 +1129,36 @@ struct Handle<C, K> {
     record: Arc<Record<C, K>>,
 }
 
-/// What a [`Manager`]'s last successful `get` found, valid while the tables stay at `generation`.
+/// What a successful `get` found, valid while the tables stay at `generation`.
 struct Held<C, K> {
-    generation: u64,
+    /// Moved on, with the tables locked, when a later `get` finds the same connection again.
+    generation: AtomicU64,
     id: Box<str>,
     credentials: K,
     client: Client<C, K>,
 }
 
-impl<C, K: Clone> Held<C, K> {
+impl<C, K: Clone + PartialEq> Held<C, K> {
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Whether this is the answer to a `get` of `id` with `credentials` in `generation`.
+    fn answers(&self, generation: u64, id: &str, credentials: &K) -> bool {
+        self.generation() == generation && *self.id == *id && self.credentials == *credentials
+    }
+
+    /// Whether `other` found the same connection under the same id and credentials.
+    fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.client.handle.record, &other.client.handle.record)
+            && self.id == other.id
+            && self.credentials == other.credentials
+    }
+
     /// The same finding with a client of its own, so that the two copies' users never share a count.
     fn fork(&self) -> Self {
         Self {
-            generation: self.generation,
+            generation: AtomicU64::new(self.generation()),
             id: self.id.clone(),
             credentials: self.credentials.clone(),
             client: Client::new(self.client.handle.record.clone()),
@@ -1761,6 +1816,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn cm_19_alternating_gets_of_two_connections_hold_each_once() {
+        let reg = Reg::new();
+        let creator = reg.manager("ns", Scope::new("creator", "c"));
+        let user = reg.manager("ns", Scope::new("user", "u"));
+        creator.create(spec("x", 1)).await.unwrap();
+        creator.create(spec("y", 1)).await.unwrap();
+        for _ in 0..3 {
+            assert_eq!(found(user.get("x", &1)).references(), 2);
+            assert_eq!(found(user.get("y", &1)).references(), 2);
+        }
+        // The second connection lives in the other cache: letting go of it must be seen there too.
+        assert_eq!(user.remove("y"), Removed::Released { remaining: 1 });
+        assert_eq!(found(user.get("x", &1)).references(), 2);
+        assert_eq!(found(user.get("y", &1)).references(), 2);
+        assert_eq!(user.remove("x"), Removed::Released { remaining: 1 });
+        assert_eq!(found(user.get("y", &1)).references(), 2);
+        assert_eq!(found(user.get("x", &1)).references(), 2);
+        assert_eq!(user.remove_all(), 2);
+    }
+
+    #[tokio::test]
     async fn cm_17_cached_get_with_other_credentials_is_a_mismatch() {
         let reg = Reg::new();
         let user = reg.manager("ns", Scope::new("user", "u"));
@@ -1814,13 +1890,13 @@ mod tests {
         assert!(matches!(user.get("x", &1), Get::Absent));
         let new = user.create(spec("x", 1)).await.unwrap();
         let got = found(user.get("x", &1));
-        let (old, new, got) = (
-            old.connection(),
-            new.connection().unwrap(),
-            got.connection(),
-        );
+        // Asked again, the manager's first finding (the old connection) must not answer for the new one.
+        let again = found(user.get("x", &1));
+        assert_eq!(again.references(), 1);
+        let (old, new) = (old.connection(), new.connection().unwrap());
         assert!(old.is_none(), "the old connection was taken at teardown");
-        assert!(Arc::ptr_eq(&new, &got.unwrap()));
+        assert!(Arc::ptr_eq(&new, &got.connection().unwrap()));
+        assert!(Arc::ptr_eq(&new, &again.connection().unwrap()));
     }
 
     #[tokio::test(start_paused = true)]
