@@ -1089,7 +1089,8 @@ struct Shared<C: Listen, K, D> {
     config: Config,
     tables: Mutex<Tables<C, K, D>>,
     next_key: AtomicU64,
-    /// How many times the tables were locked: the version that [`Manager`]s' cached `get` results belong to.
+    /// How many times the tables were locked for a change that can undo a `get`: the version that [`Manager`]s'
+    /// cached `get` results belong to.
     generation: Generation,
 }
 
@@ -1097,8 +1098,8 @@ impl<C: Listen, K, D> Shared<C, K, D> {
     /// Locks the tables. User callbacks run under `catch_unwind`, so a poisoned lock can only come from a bug here;
     /// the tables stay consistent between statements, so carrying on is sound.
     ///
-    /// Whoever takes the lock may change the tables, so the generation moves on before the guard is handed out:
-    /// every cached `get` result is stale from then on.
+    /// Whoever takes this lock may release, detach, remove or re-key, so the generation moves on before the guard is
+    /// handed out: every cached `get` result is stale from then on.
     fn lock(&self) -> MutexGuard<'_, Tables<C, K, D>> {
         let tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
         self.generation.0.fetch_add(1, Ordering::Release);
