@@ -89,7 +89,7 @@ impl<Req> QueueLayer<Req> {
                 "queue capacity must be greater than zero",
             ));
         }
-        // tokio's semaphore holds at most `usize::MAX >> 3` permits.
+        // The bound of tokio's semaphore (`usize::MAX >> 3`), kept: the slot counter needs its top bit to close.
         if capacity > tokio::sync::Semaphore::MAX_PERMITS {
             return Err(InvalidConfig::new("queue capacity is too large"));
         }
