@@ -421,4 +421,78 @@ mod tests {
         assert!(err.is::<Overloaded>());
         assert_eq!(queue.stats().weight, 1);
     }
+
+    /// Many callers on two threads through a queue of four slots: slots taken and given back concurrently, with
+    /// handles joining and leaving the line, never let more than four requests in at once and are never lost.
+    #[test]
+    fn capacity_holds_and_no_slot_is_lost_under_concurrent_callers() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        const CAPACITY: usize = 4;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let inside = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let (inside2, most2) = (inside.clone(), most.clone());
+        let service = tower::service_fn(move |n: u64| {
+            let (inside, most) = (inside2.clone(), most2.clone());
+            async move {
+                let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                inside.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, BoxError>(n)
+            }
+        });
+        rt.block_on(async {
+            let layer = QueueLayer::new().capacity(CAPACITY).expect("capacity");
+            let queue = Queue::new(service, &layer);
+            let callers: Vec<_> = (0..32u64)
+                .map(|caller| {
+                    let mut queue = queue.clone();
+                    tokio::spawn(async move {
+                        for n in 0..200 {
+                            if (caller + n) % 5 == 0 {
+                                // Now and then a handle gives up while waiting for a slot, perhaps after one was
+                                // granted to it: it leaves the line and the slot must go on to the next.
+                                let waiting = std::future::poll_fn(|cx| {
+                                    Poll::Ready(Service::poll_ready(&mut queue, cx).is_pending())
+                                })
+                                .await;
+                                if waiting {
+                                    tokio::task::yield_now().await;
+                                    queue = queue.clone();
+                                }
+                            }
+                            let answer = tower::ServiceExt::ready(&mut queue)
+                                .await
+                                .expect("ready")
+                                .call(n)
+                                .await
+                                .expect("answer");
+                            assert_eq!(answer, n);
+                        }
+                    })
+                })
+                .collect();
+            for caller in callers {
+                tokio::time::timeout(std::time::Duration::from_secs(20), caller)
+                    .await
+                    .expect("no caller hangs")
+                    .expect("caller");
+            }
+            let stats = queue.stats();
+            assert_eq!((stats.len, stats.weight), (0, 0));
+            // Every slot is free again.
+            for _ in 0..CAPACITY {
+                assert_eq!(queue.shared.slots.try_take(), Some(Taken::Slot));
+            }
+            assert_eq!(queue.shared.slots.try_take(), None);
+        });
+        assert!(most.load(Ordering::SeqCst) <= CAPACITY);
+        assert_eq!(inside.load(Ordering::SeqCst), 0);
+    }
 }
