@@ -43,7 +43,6 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::backoff::Backoff;
@@ -463,11 +462,6 @@ impl<B> fmt::Debug for Lifecycle<B> {
             .field("connected_once", &self.connected_once)
             .finish_non_exhaustive()
     }
-}
-
-/// Wraps any error as a [`SharedError`] for an event.
-pub fn shared(error: impl std::error::Error + Send + Sync + 'static) -> SharedError {
-    Arc::new(error)
 }
 
 #[cfg(test)]
