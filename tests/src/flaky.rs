@@ -44,9 +44,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
+
+use crate::proxy::bind_reusable;
 
 /// The greeting `esrv.js` sends on every connection.
 pub const GREETING: &[u8] = b"hello\r\n";
@@ -80,7 +82,7 @@ impl Builder {
     ///
     /// When the listener cannot be bound.
     pub async fn start(self) -> io::Result<FlakyServer> {
-        let listener = bind("127.0.0.1:0".parse().map_err(io::Error::other)?)?;
+        let listener = bind_reusable("127.0.0.1:0".parse().map_err(io::Error::other)?)?;
         let addr = listener.local_addr()?;
         let inner = Arc::new(Inner {
             lifetime: self.lifetime,
@@ -172,7 +174,7 @@ impl FlakyServer {
     /// When the port cannot be bound again (another process took it).
     pub async fn restart(&self) -> io::Result<()> {
         self.stop().await;
-        let listener = bind(self.addr)?;
+        let listener = bind_reusable(self.addr)?;
         self.serve(listener).await;
         Ok(())
     }
@@ -206,14 +208,6 @@ struct Inner {
 struct Running {
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
-}
-
-/// A listener that can be bound again on the same port at once.
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = TcpSocket::new_v4()?;
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
 }
 
 async fn accept_loop(listener: TcpListener, inner: Arc<Inner>, mut stopped: oneshot::Receiver<()>) {
