@@ -1,0 +1,389 @@
+//! The task that owns one connection: the first connect, reconnects, the grace period and teardown.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use connman_core::backoff::Backoff;
+use connman_core::error::{BoxError, Closed, Elapsed, LinkLost, SharedError};
+use connman_core::lifecycle::{Action, FailureKind, Lifecycle};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::manager::Scope;
+use super::spec::{DisconnectFn, SpecFns};
+use super::table::{Entry, Namespace, Record, Signals};
+use crate::error::{ConnectFailed, Panicked};
+
+/// How the first connect ended, shared by every waiter.
+#[derive(Clone)]
+pub(super) enum Failure {
+    Connect(SharedError),
+    Elapsed,
+    Panicked,
+}
+
+impl Failure {
+    pub(super) fn to_error(&self) -> BoxError {
+        match self {
+            Failure::Connect(source) => ConnectFailed::new(source.clone()).into(),
+            Failure::Elapsed => Elapsed::new().into(),
+            Failure::Panicked => Panicked::default().into(),
+        }
+    }
+}
+
+pub(super) type Outcome = Result<(), Failure>;
+
+/// One connection's supervisor. It holds its entry and namespace weakly: when the registry is gone, so is the work.
+pub(super) struct Supervisor<C, K, D> {
+    namespace: Weak<Namespace<C, K, D>>,
+    entry: Weak<Entry<C, K, D>>,
+    record: Arc<Record<C, K>>,
+    fns: Arc<SpecFns<C, K, D>>,
+    signals: Arc<Signals>,
+    creator: Arc<Scope<D>>,
+    connect_timeout: Duration,
+    grace: Duration,
+    teardown_timeout: Duration,
+    lifecycle: Lifecycle<Box<dyn Backoff + Send>>,
+    /// The first connect's waiters; `None` once they have their outcome.
+    outcome: Option<watch::Sender<Option<Outcome>>>,
+}
+
+/// What a supervisor is started with.
+pub(super) struct Start<C, K, D> {
+    pub(super) namespace: Weak<Namespace<C, K, D>>,
+    pub(super) entry: Weak<Entry<C, K, D>>,
+    pub(super) creator: Arc<Scope<D>>,
+    pub(super) connect_timeout: Duration,
+    pub(super) grace: Duration,
+    pub(super) teardown_timeout: Duration,
+    pub(super) backoff: Box<dyn Backoff + Send>,
+    pub(super) outcome: watch::Sender<Option<Outcome>>,
+}
+
+/// A connect in flight and when it times out.
+struct Attempt<C> {
+    future: BoxFuture<'static, Result<C, Failure>>,
+    deadline: Instant,
+}
+
+enum Step<C> {
+    Attempt(Result<Result<C, Failure>, tokio::time::error::Elapsed>),
+    Timer,
+    Zero,
+    Grace,
+    Lost,
+}
+
+impl<C, K, D> Supervisor<C, K, D>
+where
+    C: Send + Sync + 'static,
+    K: Clone + Send + Sync + 'static,
+    D: Send + Sync + 'static,
+{
+    /// Spawns the supervisor of `entry`, which starts connecting at once.
+    pub(super) fn spawn(entry: &Entry<C, K, D>, start: Start<C, K, D>) {
+        let supervisor = Self {
+            namespace: start.namespace,
+            entry: start.entry,
+            record: entry.record.clone(),
+            fns: entry.fns.clone(),
+            signals: entry.signals.clone(),
+            creator: start.creator,
+            connect_timeout: start.connect_timeout,
+            grace: start.grace,
+            teardown_timeout: start.teardown_timeout,
+            lifecycle: Lifecycle::new(start.backoff),
+            outcome: Some(start.outcome),
+        };
+        tokio::spawn(supervisor.run());
+    }
+
+    async fn run(mut self) {
+        let mut attempt = None;
+        let mut wait_until: Option<Instant> = None;
+        let mut grace_until: Option<Instant> = None;
+        let signals = self.signals.clone();
+        if let Some(Action::Connect { .. }) = self.lifecycle.start(now()) {
+            attempt = Some(self.begin_attempt(self.creator.clone()));
+        }
+        loop {
+            self.log_events();
+            let step = tokio::select! {
+                r = poll_attempt(attempt.as_mut()) => Step::Attempt(r),
+                () = sleep_opt(wait_until) => Step::Timer,
+                () = signals.zero.notified() => Step::Zero,
+                () = sleep_opt(grace_until) => Step::Grace,
+                () = signals.lost.notified() => Step::Lost,
+            };
+            match step {
+                Step::Attempt(result) => {
+                    let Some(done) = attempt.take() else { continue };
+                    let failure = match result {
+                        Ok(Ok(conn)) => {
+                            if !self.connected(conn) {
+                                return;
+                            }
+                            continue;
+                        }
+                        Ok(Err(failure)) => failure,
+                        Err(_) => {
+                            self.reap_late(done.future);
+                            Failure::Elapsed
+                        }
+                    };
+                    if self.outcome.is_some() {
+                        // The first connect failed: every waiter gets the error once, and the record goes.
+                        self.lifecycle
+                            .connect_failed(now(), Closed::new(), FailureKind::Fatal);
+                        self.log_events();
+                        self.forget();
+                        self.finish(Err(failure));
+                        return;
+                    }
+                    let error: BoxError = failure.to_error();
+                    match self
+                        .lifecycle
+                        .connect_failed(now(), error, FailureKind::Retriable)
+                    {
+                        Some(Action::Wait { until }) => wait_until = Some(Instant::from_std(until)),
+                        _ => break,
+                    }
+                }
+                Step::Timer => {
+                    wait_until = None;
+                    match self.lifecycle.timer_fired(now()) {
+                        Some(Action::Connect { .. }) => {
+                            let scope = self.reconnect_scope();
+                            attempt = Some(self.begin_attempt(scope));
+                        }
+                        Some(Action::Wait { until }) => wait_until = Some(Instant::from_std(until)),
+                        _ => {}
+                    }
+                }
+                Step::Zero => grace_until = Some(Instant::now() + self.grace),
+                Step::Grace => {
+                    grace_until = None;
+                    if self.retire() {
+                        break;
+                    }
+                }
+                Step::Lost => {
+                    if !self.lifecycle.state().is_up() {
+                        continue;
+                    }
+                    // The old connection is dead: its listeners go with it.
+                    self.record.lock().connection = None;
+                    match self.lifecycle.link_lost(now(), LinkLost::new()) {
+                        Some(Action::Wait { until }) => wait_until = Some(Instant::from_std(until)),
+                        _ => break,
+                    }
+                }
+            }
+        }
+        // Closed for good: by the grace period, or because the backoff gave up.
+        self.lifecycle.close(now());
+        self.log_events();
+        drop(attempt);
+        self.forget();
+        let conn = self.record.lock().connection.take();
+        if let Some(conn) = conn {
+            teardown(conn, self.fns.disconnect.clone(), self.teardown_timeout).await;
+        }
+    }
+
+    /// Starts a connect on behalf of `scope`, with panics turned into a [`Failure`].
+    fn begin_attempt(&self, scope: Arc<Scope<D>>) -> Attempt<C> {
+        let ctx = self.record.context(scope);
+        let connect = self.fns.connect.clone();
+        let future = async move {
+            let started = catch_unwind(AssertUnwindSafe(|| connect(ctx)));
+            match started {
+                Ok(fut) => match AssertUnwindSafe(fut).catch_unwind().await {
+                    Ok(Ok(conn)) => Ok(conn),
+                    Ok(Err(e)) => Err(Failure::Connect(SharedError::from(e))),
+                    Err(_) => Err(Failure::Panicked),
+                },
+                Err(_) => Err(Failure::Panicked),
+            }
+        }
+        .boxed();
+        Attempt {
+            future,
+            deadline: Instant::now() + self.connect_timeout,
+        }
+    }
+
+    /// A connect succeeded; false if there is nothing left to supervise.
+    fn connected(&mut self, conn: C) -> bool {
+        let conn = Arc::new(conn);
+        let Some(entry) = self.entry.upgrade() else {
+            self.spawn_teardown(conn);
+            return false;
+        };
+        let mut state = entry.lock();
+        if !state.live {
+            drop(state);
+            self.spawn_teardown(conn);
+            return false;
+        }
+        self.lifecycle.connected(now());
+        self.record.lock().connection = Some(conn.clone());
+        if self.outcome.is_some() {
+            // First connect: every scope still waiting becomes a holder.
+            state.ready = true;
+            let joiners = std::mem::take(&mut state.joiners);
+            for (scope, _) in &joiners {
+                let _ = entry.hold(&mut state, scope, None);
+            }
+            let nobody = self.record.counted.references() == 0;
+            drop(state);
+            // Outside the lock: the last reference to a scope drops its table row, which takes the namespace's lock.
+            drop(joiners);
+            if nobody {
+                // Every waiter was cancelled: nobody holds it, so the grace period starts now.
+                self.signals.zero.notify_one();
+            }
+            self.finish(Ok(()));
+        } else {
+            // A reconnect: every holding scope's listeners go onto the new connection (CM-39 fixed).
+            entry.reattach(&state, &conn);
+        }
+        true
+    }
+
+    /// The scope a reconnect runs for: the first holder, else the creator.
+    fn reconnect_scope(&self) -> Arc<Scope<D>> {
+        self.entry
+            .upgrade()
+            .and_then(|entry| {
+                let state = entry.lock();
+                state.holders.first().map(|h| h.scope.scope.clone())
+            })
+            .unwrap_or_else(|| self.creator.clone())
+    }
+
+    /// At the end of the grace period: removes the record if still nobody holds it (CM-23).
+    fn retire(&self) -> bool {
+        self.take_out(false)
+    }
+
+    /// Removes the record from the table, if it is still there.
+    fn forget(&self) {
+        self.take_out(true);
+    }
+
+    /// Takes the entry out of its namespace's table, unless `always` is false and it is spoken for; returns whether
+    /// it is out. Holders and joiners are dropped after every lock is released.
+    fn take_out(&self, always: bool) -> bool {
+        let (Some(ns), Some(entry)) = (self.namespace.upgrade(), self.entry.upgrade()) else {
+            return true;
+        };
+        let mut tables = ns.lock();
+        let mut state = entry.lock();
+        if !state.live {
+            return true;
+        }
+        if !always && (self.record.counted.references() > 0 || !state.joiners.is_empty()) {
+            return false;
+        }
+        state.live = false;
+        Entry::bump_holders(&state);
+        let holders = std::mem::take(&mut state.holders);
+        let joiners = std::mem::take(&mut state.joiners);
+        let id = state.id.clone();
+        drop(state);
+        if tables
+            .ids
+            .get(&id)
+            .is_some_and(|e| Arc::ptr_eq(e, &entry))
+        {
+            tables.ids.remove(&id);
+        }
+        let empty = tables.is_empty();
+        drop(tables);
+        drop((holders, joiners, entry));
+        if empty {
+            Namespace::let_go(ns);
+        }
+        true
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        if let Some(tx) = self.outcome.take() {
+            // No receiver left is fine: every waiter was cancelled.
+            let _ = tx.send(Some(outcome));
+        }
+    }
+
+    /// Watches a connect that timed out for a late connection, and tears it down (CM-14).
+    fn reap_late(&self, future: BoxFuture<'static, Result<C, Failure>>) {
+        let bound = self.teardown_timeout;
+        let disconnect = self.fns.disconnect.clone();
+        tokio::spawn(async move {
+            if let Ok(Ok(conn)) = tokio::time::timeout(bound, future).await {
+                tracing::debug!("tearing down a connection that arrived after the connect timeout");
+                teardown(Arc::new(conn), disconnect, bound).await;
+            }
+        });
+    }
+
+    fn spawn_teardown(&self, conn: Arc<C>) {
+        tokio::spawn(teardown(
+            conn,
+            self.fns.disconnect.clone(),
+            self.teardown_timeout,
+        ));
+    }
+
+    fn log_events(&mut self) {
+        while let Some(event) = self.lifecycle.poll_event() {
+            tracing::debug!(connection = self.record.key, %event);
+        }
+    }
+}
+
+/// Runs `disconnect` once in its own task, bounded by `bound`; a panic or a hang is logged (CM-25, CM-26).
+async fn teardown<C: Send + Sync + 'static>(
+    conn: Arc<C>,
+    disconnect: Option<DisconnectFn<C>>,
+    bound: Duration,
+) {
+    let Some(disconnect) = disconnect else {
+        return;
+    };
+    let task = tokio::spawn(async move { disconnect(conn).await });
+    let abort = task.abort_handle();
+    match tokio::time::timeout(bound, task).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "disconnect failed"),
+        Err(_) => {
+            abort.abort();
+            tracing::warn!(timeout = ?bound, "disconnect timed out");
+        }
+    }
+}
+
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+async fn poll_attempt<C>(
+    attempt: Option<&mut Attempt<C>>,
+) -> Result<Result<C, Failure>, tokio::time::error::Elapsed> {
+    match attempt {
+        Some(a) => tokio::time::timeout_at(a.deadline, &mut a.future).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_opt(until: Option<Instant>) {
+    match until {
+        Some(until) => tokio::time::sleep_until(until).await,
+        None => std::future::pending().await,
+    }
+}
