@@ -42,7 +42,7 @@ impl<C, K> Client<C, K> {
 
     /// How many distinct scopes hold the connection.
     pub fn references(&self) -> usize {
-        self.record().counted.references()
+        self.record().references()
     }
 }
 
@@ -70,7 +70,7 @@ impl<C, K> fmt::Debug for Client<C, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
             .field("id", &self.record().lock().id)
-            .field("references", &self.record().counted.references())
+            .field("references", &self.record().references())
             .finish_non_exhaustive()
     }
 }

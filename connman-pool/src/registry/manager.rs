@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use connman_core::error::{BoxError, Closed, Duplicate, InvalidConfig, NotFound};
-use connman_core::refhandle::RefCounted;
 use tokio::sync::watch;
 
 use super::client::{Client, Get, Removed};
@@ -177,7 +176,7 @@ impl<C, K, D> Manager<C, K, D> {
         self.with_entry(id, |entry, state| {
             if entry.release(state, &self.scope) {
                 Removed::Released {
-                    remaining: entry.record.counted.references(),
+                    remaining: entry.record.references(),
                 }
             } else {
                 Removed::NotHeld
@@ -207,7 +206,7 @@ impl<C, K, D> Manager<C, K, D> {
 
     /// How many distinct scopes hold `id`; 0 for an unknown id (CM-20).
     pub fn reference_count(&self, id: &str) -> usize {
-        self.with_entry(id, |entry, _| entry.record.counted.references())
+        self.with_entry(id, |entry, _| entry.record.references())
             .unwrap_or(0)
     }
 
@@ -430,10 +429,8 @@ where
     ) -> (Arc<Entry<C, K, D>>, watch::Receiver<Option<Outcome>>) {
         let config = &self.shared.config;
         let signals = Arc::new(Signals::default());
-        let on_zero = signals.clone();
         let record = Arc::new(Record::new(
             self.shared.next_key(),
-            RefCounted::new((), move || on_zero.zero.notify_one()),
             RecordState {
                 id: spec.id.clone(),
                 credentials: spec.credentials.clone(),

@@ -7,9 +7,9 @@
 //! A connection is described by a [`Spec`]: an id, credentials (any `Clone + PartialEq` type), an async `connect`
 //! function, an optional async `disconnect` function and named listeners. [`Manager::create`] connects;
 //! [`Manager::get`] shares an existing connection with another scope; [`Manager::remove`] lets go of it. The
-//! reference count is the number of distinct scopes holding the connection (CM-19): each holding scope owns one
-//! [`RefHandle`], so [`Manager::reference_count`] is the count of a
-//! [`RefCounted`]. When it falls to zero a grace period starts (20 s by default, CM-22);
+//! reference count is the number of distinct scopes holding the connection (CM-19), kept with the connection's holders
+//! under its lock, so [`Manager::reference_count`] and [`Client::references`] read it without one. When it falls to
+//! zero a grace period starts (20 s by default, CM-22);
 //! a `get` before it ends keeps the connection (CM-23); otherwise `disconnect` runs once, bounded by a timeout, and the
 //! record is gone whatever `disconnect` does (CM-25, CM-26).
 //!

@@ -240,7 +240,7 @@ where
             for (scope, _) in &joiners {
                 let _ = entry.hold(&mut state, scope, None);
             }
-            let nobody = self.record.counted.references() == 0;
+            let nobody = self.record.references() == 0;
             drop(state);
             // Outside the lock: the last reference to a scope drops its table row, which takes the namespace's lock.
             drop(joiners);
@@ -288,12 +288,13 @@ where
         if !state.live {
             return true;
         }
-        if !always && (self.record.counted.references() > 0 || !state.joiners.is_empty()) {
+        if !always && (self.record.references() > 0 || !state.joiners.is_empty()) {
             return false;
         }
         state.live = false;
         Entry::bump_holders(&state);
         let holders = std::mem::take(&mut state.holders);
+        self.record.set_references(0);
         let joiners = std::mem::take(&mut state.joiners);
         let id = state.id.clone();
         drop(state);

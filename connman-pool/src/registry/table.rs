@@ -17,10 +17,9 @@
 //! repeated `get` would change nothing. Other scopes letting go never touch it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
-use connman_core::refhandle::{RefCounted, RefHandle};
 use tokio::sync::{Notify, watch};
 
 use super::client::Client;
@@ -235,9 +234,6 @@ pub(super) struct EntryState<C, K, D> {
 /// A scope's reference to a connection.
 pub(super) struct Holder<C, K, D> {
     pub(super) scope: Arc<ScopeCell<C, K, D>>,
-    /// The client the scope's `get`s hand out, so that a scope that holds already allocates nothing.
-    client: Client<C, K>,
-    _reference: RefHandle<()>,
     attached: bool,
 }
 
@@ -260,8 +256,8 @@ impl<C, K, D> Entry<C, K, D> {
         lock(&self.state)
     }
 
-    /// Gives `scope` a reference, once, and attaches its listeners if they are not; returns its client. A new holder
-    /// takes `reuse` as its client if that is a client of this connection.
+    /// Gives `scope` a reference, once, and attaches its listeners if they are not; returns a client, `reuse` if that
+    /// is a client of this connection (the manager's own, so that nothing is allocated), else a new one.
     pub(super) fn hold(
         &self,
         state: &mut EntryState<C, K, D>,
@@ -271,16 +267,11 @@ impl<C, K, D> Entry<C, K, D> {
         let idx = match state.holders.iter().position(|h| Arc::ptr_eq(&h.scope, scope)) {
             Some(idx) => idx,
             None => {
-                let client = match reuse {
-                    Some(client) if client.is_of(&self.record) => client.clone(),
-                    _ => Client::new(self.record.clone()),
-                };
                 state.holders.push(Holder {
                     scope: scope.clone(),
-                    client,
-                    _reference: self.record.counted.acquire(),
                     attached: false,
                 });
+                self.record.set_references(state.holders.len());
                 state.holders.len() - 1
             }
         };
@@ -293,7 +284,10 @@ impl<C, K, D> Entry<C, K, D> {
                 attach(&*conn, &self.record, scope, &self.fns.listeners);
             }
         }
-        holder.client.clone()
+        match reuse {
+            Some(client) if client.is_of(&self.record) => client.clone(),
+            _ => Client::new(self.record.clone()),
+        }
     }
 
     /// Drops `scope`'s reference and detaches its listeners; false if it held none.
@@ -317,7 +311,11 @@ impl<C, K, D> Entry<C, K, D> {
         {
             detach(&*conn, self.record.key, scope, &self.fns.listeners);
         }
-        // Dropping the holder drops its `RefHandle`: the last one wakes the supervisor for the grace period.
+        self.record.set_references(state.holders.len());
+        if state.holders.is_empty() {
+            // The last reference is gone: the supervisor starts the grace period.
+            self.signals.zero.notify_one();
+        }
         drop(holder);
         true
     }
@@ -360,10 +358,24 @@ impl<C, K, D> Entry<C, K, D> {
     }
 }
 
+impl<C, K, D> Drop for Entry<C, K, D> {
+    /// An entry dropped with holders is one whose registry is gone: nobody can let go of it any more, so its
+    /// supervisor is told that the last reference went, and tears the connection down after the grace period.
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if !state.holders.is_empty() {
+            self.record.set_references(0);
+            self.signals.zero.notify_one();
+        }
+    }
+}
+
 /// What a [`Client`] reaches: the connection and what can be read of it without the tables.
 pub(super) struct Record<C, K> {
     pub(super) key: u64,
-    pub(super) counted: RefCounted<()>,
+    /// How many scopes hold the connection: the length of the entry's holders, written with the entry locked so that
+    /// clients read it without a lock.
+    references: AtomicUsize,
     state: Mutex<RecordState<C, K>>,
 }
 
@@ -374,10 +386,10 @@ pub(super) struct RecordState<C, K> {
 }
 
 impl<C, K> Record<C, K> {
-    pub(super) fn new(key: u64, counted: RefCounted<()>, state: RecordState<C, K>) -> Self {
+    pub(super) fn new(key: u64, state: RecordState<C, K>) -> Self {
         Self {
             key,
-            counted,
+            references: AtomicUsize::new(0),
             state: Mutex::new(state),
         }
     }
@@ -385,6 +397,16 @@ impl<C, K> Record<C, K> {
     pub(super) fn lock(&self) -> MutexGuard<'_, RecordState<C, K>> {
         // No user code runs under this lock.
         lock(&self.state)
+    }
+
+    /// How many distinct scopes hold the connection.
+    pub(super) fn references(&self) -> usize {
+        self.references.load(Ordering::Acquire)
+    }
+
+    /// Sets the count, with the entry locked.
+    pub(super) fn set_references(&self, n: usize) {
+        self.references.store(n, Ordering::Release);
     }
 
     pub(super) fn connection(&self) -> Option<Arc<C>> {
