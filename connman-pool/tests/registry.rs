@@ -999,3 +999,42 @@ async fn registry_without_listeners_needs_no_listen_impl() {
     assert!(matches!(b.get("x", &8), Get::Mismatch));
     assert_eq!(b.remove("x"), Removed::Released { remaining: 1 });
 }
+
+/// A failed first connect fails the create with `ConnectFailed`, and the connection's event stream carries the
+/// connect function's own error, then the close: not a fatal `Closed` standing in for it.
+#[tokio::test(start_paused = true)]
+async fn cm_40_failed_first_connect_reaches_the_event_stream_with_its_error() {
+    use connman_core::lifecycle::Event;
+    let reg = registry();
+    let probe = Probe::new(vec![Plan::Fail(ms(100))]);
+    let creator = reg.manager("ns", scope("creator", "c"));
+    let watcher = reg.manager("ns", scope("watcher", "w"));
+    let create = tokio::spawn({
+        let spec = probe.spec("x", creds());
+        async move { creator.create(spec).await }
+    });
+    settle().await;
+    let mut events = watcher.subscribe("x").expect("the connect is in flight");
+    let err = create.await.unwrap().unwrap_err();
+    assert!(err.is::<ConnectFailed>());
+    let mut failed = None;
+    let mut closed = false;
+    while let Ok(event) = events.try_recv() {
+        match event {
+            Event::ConnectFailed {
+                error, next_delay, ..
+            } => failed = Some((error, next_delay)),
+            Event::Closed { .. } => closed = true,
+            _ => {}
+        }
+    }
+    let (error, next_delay) = failed.expect("a ConnectFailed event");
+    let io = error
+        .downcast_ref::<std::io::Error>()
+        .expect("the connect function's own error");
+    assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert_eq!(next_delay, None, "no retry after a failed first connect");
+    assert!(closed, "then the close");
+    assert!(!watcher.exists("x"));
+    assert!(watcher.subscribe("x").is_none());
+}

@@ -44,6 +44,11 @@ impl<C, K> Client<C, K> {
     pub fn references(&self) -> usize {
         self.record().references()
     }
+
+    /// The connection's lifecycle events from now on, as [`Manager::subscribe`](super::Manager::subscribe).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<connman_core::lifecycle::Event> {
+        self.record().events.subscribe()
+    }
 }
 
 impl<C, K: Clone> Client<C, K> {

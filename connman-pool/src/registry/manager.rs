@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use connman_core::error::{BoxError, Closed, Duplicate, InvalidConfig, NotFound};
-use tokio::sync::watch;
+use connman_core::lifecycle::Event;
+use connman_core::rt::tokio::Publish;
+use tokio::sync::{broadcast, watch};
 
 use super::client::{Client, Get, Removed};
 use super::config::Config;
@@ -16,6 +18,9 @@ use super::table::{
     Entry, EntryState, Namespace, Record, RecordState, ScopeCell, Shared, Signals, Stats, Tables,
 };
 use crate::error::Mismatch;
+
+/// How many lifecycle events a connection's subscribers may fall behind before they miss the oldest.
+pub const EVENT_CAPACITY: usize = 64;
 
 /// Connections shared by id, per namespace. Cheap to clone: clones share the tables. See the [module docs](super).
 ///
@@ -235,6 +240,13 @@ impl<C, K, D> Manager<C, K, D> {
             .is_some()
     }
 
+    /// The lifecycle events of `id`'s connection from now on (connecting, connected, connect failed with the connect
+    /// function's own error, disconnected, closed), or `None` for an unknown id. A subscriber that falls more than
+    /// [`EVENT_CAPACITY`] events behind misses the oldest and is told so by the receiver.
+    pub fn subscribe(&self, id: &str) -> Option<broadcast::Receiver<Event>> {
+        self.with_entry(id, |entry, _| entry.record.events.subscribe())
+    }
+
     /// Runs `f` on `id`'s entry, locked; `None` if the namespace has no such entry.
     ///
     /// The entry this manager's first `get` found is locked directly, without the namespace, if it still goes by
@@ -429,8 +441,10 @@ where
     ) -> (Arc<Entry<C, K, D>>, watch::Receiver<Option<Outcome>>) {
         let config = &self.shared.config;
         let signals = Arc::new(Signals::default());
+        let events = Publish::new(EVENT_CAPACITY);
         let record = Arc::new(Record::new(
             self.shared.next_key(),
+            events.clone(),
             RecordState {
                 id: spec.id.clone(),
                 credentials: spec.credentials.clone(),
@@ -463,6 +477,7 @@ where
                 grace: config.grace,
                 teardown_timeout: config.teardown_timeout,
                 backoff: config.make_backoff(),
+                events,
                 outcome: tx,
             },
         );

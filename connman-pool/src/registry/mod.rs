@@ -145,7 +145,7 @@ mod table;
 pub use client::{Client, Get, Removed};
 pub use config::{Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_GRACE, DEFAULT_TEARDOWN_TIMEOUT};
 pub use listeners::{Listen, Listener, ListenerId};
-pub use manager::{Manager, Registry, Scope};
+pub use manager::{EVENT_CAPACITY, Manager, Registry, Scope};
 pub use spec::{Context, Spec};
 pub use table::Stats;
 

@@ -5,8 +5,10 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use connman_core::backoff::Backoff;
+use connman_core::driver::{Driver, Next};
 use connman_core::error::{BoxError, Closed, Elapsed, LinkLost, SharedError};
-use connman_core::lifecycle::{Action, FailureKind, Lifecycle};
+use connman_core::lifecycle::{Config as LifecycleConfig, FailureKind, Lifecycle};
+use connman_core::rt::tokio::{Publish, TokioTimer};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::sync::watch;
@@ -33,11 +35,20 @@ impl Failure {
             Failure::Panicked => Panicked::default().into(),
         }
     }
+
+}
+
+/// How one connect attempt failed, before the error is shared.
+enum AttemptError {
+    Connect(BoxError),
+    Panicked,
 }
 
 pub(super) type Outcome = Result<(), Failure>;
 
-/// One connection's supervisor. It holds its entry and namespace weakly: when the registry is gone, so is the work.
+/// One connection's supervisor: the connect in flight, the grace period and teardown, beside the core's [`Driver`],
+/// which owns the lifecycle, its backoff waits and the events. It holds its entry and namespace weakly: when the
+/// registry is gone, so is the work.
 pub(super) struct Supervisor<C, K, D> {
     namespace: Weak<Namespace<C, K, D>>,
     entry: Weak<Entry<C, K, D>>,
@@ -48,7 +59,7 @@ pub(super) struct Supervisor<C, K, D> {
     connect_timeout: Duration,
     grace: Duration,
     teardown_timeout: Duration,
-    lifecycle: Lifecycle<Box<dyn Backoff + Send>>,
+    driver: Driver<Box<dyn Backoff + Send>, TokioTimer, Publish>,
     /// The first connect's waiters; `None` once they have their outcome.
     outcome: Option<watch::Sender<Option<Outcome>>>,
 }
@@ -62,18 +73,20 @@ pub(super) struct Start<C, K, D> {
     pub(super) grace: Duration,
     pub(super) teardown_timeout: Duration,
     pub(super) backoff: Box<dyn Backoff + Send>,
+    /// Where the lifecycle's events go; the entry keeps a clone for subscribers.
+    pub(super) events: Publish,
     pub(super) outcome: watch::Sender<Option<Outcome>>,
 }
 
 /// A connect in flight and when it times out.
 struct Attempt<C> {
-    future: BoxFuture<'static, Result<C, Failure>>,
+    future: BoxFuture<'static, Result<C, AttemptError>>,
     deadline: Instant,
 }
 
 enum Step<C> {
-    Attempt(Result<Result<C, Failure>, tokio::time::error::Elapsed>),
-    Timer,
+    Attempt(Result<Result<C, AttemptError>, tokio::time::error::Elapsed>),
+    Next(Next),
     Zero,
     Grace,
     Lost,
@@ -97,7 +110,15 @@ where
             connect_timeout: start.connect_timeout,
             grace: start.grace,
             teardown_timeout: start.teardown_timeout,
-            lifecycle: Lifecycle::new(start.backoff),
+            // A failed first connect fails the create: the machine closes with the connect's own error.
+            driver: Driver::new(
+                Lifecycle::with_config(
+                    start.backoff,
+                    LifecycleConfig::new().first_attempt_fatal(true),
+                ),
+                TokioTimer::new(),
+                start.events,
+            ),
             outcome: Some(start.outcome),
         };
         tokio::spawn(supervisor.run());
@@ -105,17 +126,13 @@ where
 
     async fn run(mut self) {
         let mut attempt = None;
-        let mut wait_until: Option<Instant> = None;
         let mut grace_until: Option<Instant> = None;
         let signals = self.signals.clone();
-        if let Some(Action::Connect { .. }) = self.lifecycle.start(now()) {
-            attempt = Some(self.begin_attempt(self.creator.clone()));
-        }
+        self.driver.start();
         loop {
-            self.log_events();
             let step = tokio::select! {
                 r = poll_attempt(attempt.as_mut()) => Step::Attempt(r),
-                () = sleep_opt(wait_until) => Step::Timer,
+                next = self.driver.next() => Step::Next(next),
                 () = signals.zero.notified() => Step::Zero,
                 () = sleep_opt(grace_until) => Step::Grace,
                 () = signals.lost.notified() => Step::Lost,
@@ -123,48 +140,55 @@ where
             match step {
                 Step::Attempt(result) => {
                     let Some(done) = attempt.take() else { continue };
-                    let failure = match result {
+                    // `None` for a connect error: the error itself is shared by the lifecycle below.
+                    let (failure, error): (Option<Failure>, BoxError) = match result {
                         Ok(Ok(conn)) => {
                             if !self.connected(conn) {
                                 return;
                             }
                             continue;
                         }
-                        Ok(Err(failure)) => failure,
+                        Ok(Err(AttemptError::Connect(error))) => (None, error),
+                        Ok(Err(AttemptError::Panicked)) => {
+                            (Some(Failure::Panicked), Panicked::default().into())
+                        }
                         Err(_) => {
                             self.reap_late(done.future);
-                            Failure::Elapsed
+                            (Some(Failure::Elapsed), Elapsed::new().into())
                         }
                     };
+                    // Before the first success the machine closes with this error (and the events carry it); after,
+                    // it waits out the backoff and asks for the next attempt, or gives up.
+                    self.driver.connect_failed(error, FailureKind::Retriable);
                     if self.outcome.is_some() {
-                        // The first connect failed: every waiter gets the error once, and the record goes.
-                        self.lifecycle
-                            .connect_failed(now(), Closed::new(), FailureKind::Fatal);
-                        self.log_events();
+                        // Every waiter gets the error once (the very error the events carry), and the record goes.
+                        let failure = failure.unwrap_or_else(|| {
+                            let shared = self.driver.lifecycle().last_error().cloned();
+                            // The machine was connecting, so it kept the error; `Closed` only if that ever changes.
+                            Failure::Connect(shared.unwrap_or_else(|| Arc::new(Closed::new())))
+                        });
                         self.forget();
                         self.finish(Err(failure));
                         return;
                     }
-                    let error: BoxError = failure.to_error();
-                    match self
-                        .lifecycle
-                        .connect_failed(now(), error, FailureKind::Retriable)
-                    {
-                        Some(Action::Wait { until }) => wait_until = Some(Instant::from_std(until)),
-                        _ => break,
+                }
+                Step::Next(Next::Connect { .. }) => {
+                    let scope = if self.outcome.is_some() {
+                        self.creator.clone()
+                    } else {
+                        self.reconnect_scope()
+                    };
+                    attempt = Some(self.begin_attempt(scope));
+                }
+                Step::Next(Next::CancelConnect) => attempt = None,
+                Step::Next(Next::TearDown) => {
+                    let conn = self.record.lock().connection.take();
+                    if let Some(conn) = conn {
+                        self.spawn_teardown(conn);
                     }
                 }
-                Step::Timer => {
-                    wait_until = None;
-                    match self.lifecycle.timer_fired(now()) {
-                        Some(Action::Connect { .. }) => {
-                            let scope = self.reconnect_scope();
-                            attempt = Some(self.begin_attempt(scope));
-                        }
-                        Some(Action::Wait { until }) => wait_until = Some(Instant::from_std(until)),
-                        _ => {}
-                    }
-                }
+                // The backoff gave up.
+                Step::Next(_) => break,
                 Step::Zero => grace_until = Some(Instant::now() + self.grace),
                 Step::Grace => {
                     grace_until = None;
@@ -173,21 +197,17 @@ where
                     }
                 }
                 Step::Lost => {
-                    if !self.lifecycle.state().is_up() {
+                    if !self.driver.state().is_up() {
                         continue;
                     }
                     // The old connection is dead: its listeners go with it.
                     self.record.lock().connection = None;
-                    match self.lifecycle.link_lost(now(), LinkLost::new()) {
-                        Some(Action::Wait { until }) => wait_until = Some(Instant::from_std(until)),
-                        _ => break,
-                    }
+                    self.driver.link_lost(LinkLost::new());
                 }
             }
         }
         // Closed for good: by the grace period, or because the backoff gave up.
-        self.lifecycle.close(now());
-        self.log_events();
+        self.driver.close();
         drop(attempt);
         self.forget();
         let conn = self.record.lock().connection.take();
@@ -205,10 +225,10 @@ where
             match started {
                 Ok(fut) => match AssertUnwindSafe(fut).catch_unwind().await {
                     Ok(Ok(conn)) => Ok(conn),
-                    Ok(Err(e)) => Err(Failure::Connect(SharedError::from(e))),
-                    Err(_) => Err(Failure::Panicked),
+                    Ok(Err(e)) => Err(AttemptError::Connect(e)),
+                    Err(_) => Err(AttemptError::Panicked),
                 },
-                Err(_) => Err(Failure::Panicked),
+                Err(_) => Err(AttemptError::Panicked),
             }
         }
         .boxed();
@@ -231,7 +251,7 @@ where
             self.spawn_teardown(conn);
             return false;
         }
-        self.lifecycle.connected(now());
+        self.driver.connected();
         self.record.lock().connection = Some(conn.clone());
         if self.outcome.is_some() {
             // First connect: every scope still waiting becomes a holder.
@@ -322,7 +342,7 @@ where
     }
 
     /// Watches a connect that timed out for a late connection, and tears it down (CM-14).
-    fn reap_late(&self, future: BoxFuture<'static, Result<C, Failure>>) {
+    fn reap_late(&self, future: BoxFuture<'static, Result<C, AttemptError>>) {
         let bound = self.teardown_timeout;
         let disconnect = self.fns.disconnect.clone();
         tokio::spawn(async move {
@@ -339,12 +359,6 @@ where
             self.fns.disconnect.clone(),
             self.teardown_timeout,
         ));
-    }
-
-    fn log_events(&mut self) {
-        while let Some(event) = self.lifecycle.poll_event() {
-            tracing::debug!(connection = self.record.key, %event);
-        }
     }
 }
 
@@ -369,13 +383,9 @@ async fn teardown<C: Send + Sync + 'static>(
     }
 }
 
-fn now() -> std::time::Instant {
-    Instant::now().into_std()
-}
-
 async fn poll_attempt<C>(
     attempt: Option<&mut Attempt<C>>,
-) -> Result<Result<C, Failure>, tokio::time::error::Elapsed> {
+) -> Result<Result<C, AttemptError>, tokio::time::error::Elapsed> {
     match attempt {
         Some(a) => tokio::time::timeout_at(a.deadline, &mut a.future).await,
         None => std::future::pending().await,

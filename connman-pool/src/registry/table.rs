@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
+use connman_core::rt::tokio::Publish;
 use tokio::sync::{Notify, watch};
 
 use super::client::Client;
@@ -376,6 +377,8 @@ pub(super) struct Record<C, K> {
     /// How many scopes hold the connection: the length of the entry's holders, written with the entry locked so that
     /// clients read it without a lock.
     references: AtomicUsize,
+    /// The lifecycle's events, published by the supervisor's driver.
+    pub(super) events: Publish,
     state: Mutex<RecordState<C, K>>,
 }
 
@@ -386,10 +389,11 @@ pub(super) struct RecordState<C, K> {
 }
 
 impl<C, K> Record<C, K> {
-    pub(super) fn new(key: u64, state: RecordState<C, K>) -> Self {
+    pub(super) fn new(key: u64, events: Publish, state: RecordState<C, K>) -> Self {
         Self {
             key,
             references: AtomicUsize::new(0),
+            events,
             state: Mutex::new(state),
         }
     }
