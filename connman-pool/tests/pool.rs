@@ -57,8 +57,14 @@ fn cn_16_duplicate_single_key_is_rejected_without_making_a_connection() {
     assert_eq!(f.made(), 2);
     assert_eq!(pools.connection("localhost:8124").map(|c| c.id), Some(0));
     pools.disconnect_all();
-    assert_eq!(pools.connection("localhost:8124").map(|c| stops(&c)), Some(1));
-    assert_eq!(pools.connection_keys(), ["localhost:8124", "127.0.0.1:8124"]);
+    assert_eq!(
+        pools.connection("localhost:8124").map(|c| stops(&c)),
+        Some(1)
+    );
+    assert_eq!(
+        pools.connection_keys(),
+        ["localhost:8124", "127.0.0.1:8124"]
+    );
 }
 
 #[test]

@@ -8,9 +8,9 @@ use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Weak};
 
+use super::manager::Scope;
 use super::spec::Context;
 use super::table::{Record, ScopeCell};
-use super::manager::Scope;
 
 /// How a connection takes and drops listeners: the `addListener`/`removeListener` of connection-manager.
 ///

@@ -434,11 +434,7 @@ where
     }
 
     /// Inserts a pending entry for `spec` with the calling scope as its first joiner, and spawns its supervisor.
-    fn start(
-        &self,
-        tables: &mut Tables<C, K, D>,
-        spec: Spec<C, K, D>,
-    ) -> (Arc<Entry<C, K, D>>, watch::Receiver<Option<Outcome>>) {
+    fn start(&self, tables: &mut Tables<C, K, D>, spec: Spec<C, K, D>) -> Started<C, K, D> {
         let config = &self.shared.config;
         let signals = Arc::new(Signals::default());
         let events = Publish::new(EVENT_CAPACITY);
@@ -554,6 +550,9 @@ impl<C, K, D> fmt::Debug for Manager<C, K, D> {
             .finish_non_exhaustive()
     }
 }
+
+/// A new entry and the receiver of its first connect's outcome.
+type Started<C, K, D> = (Arc<Entry<C, K, D>>, watch::Receiver<Option<Outcome>>);
 
 /// Withdraws a waiter from the joiners if its create future is dropped before the outcome.
 struct JoinGuard<'a, C, K, D> {

@@ -111,8 +111,10 @@
 //! * **Health is event-driven** (CM-35 … CM-39). There is no 60 s poll of `isConnected`, whose default of `true` meant
 //!   dead connections were never noticed. Each connection has its own supervisor task (not one global flag shared by
 //!   every namespace): call [`Manager::report_lost`] when the connection tells you it is gone, and the supervisor
-//!   reconnects by driving [`connman_core::Lifecycle`] with the configured backoff, using the stored credentials and
-//!   the first holding scope. After every reconnect, every holding scope's listeners are attached to the new
+//!   reconnects through the core's one [`Driver`](connman_core::driver::Driver) of [`connman_core::Lifecycle`], with
+//!   the configured backoff, the stored credentials and the first holding scope. Each connection's lifecycle events
+//!   ([`Manager::subscribe`], [`Client::subscribe`]) say what happened; a failed first connect fails the create and
+//!   closes the machine with the connect function's own error in its `ConnectFailed` event. After every reconnect, every holding scope's listeners are attached to the new
 //!   connection. While it reconnects, [`Client::connection`] is `None`. If the backoff gives up, the record is removed.
 //! * **User callbacks cannot take the registry down.** Listeners, `add_listener`, `remove_listener`, `connect` and
 //!   `disconnect` run under `catch_unwind` or in their own task; a panic is logged (and a panicking connect is a

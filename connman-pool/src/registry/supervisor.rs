@@ -35,7 +35,6 @@ impl Failure {
             Failure::Panicked => Panicked::default().into(),
         }
     }
-
 }
 
 /// How one connect attempt failed, before the error is shared.
@@ -318,11 +317,7 @@ where
         let joiners = std::mem::take(&mut state.joiners);
         let id = state.id.clone();
         drop(state);
-        if tables
-            .ids
-            .get(&id)
-            .is_some_and(|e| Arc::ptr_eq(e, &entry))
-        {
+        if tables.ids.get(&id).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
             tables.ids.remove(&id);
         }
         let empty = tables.is_empty();

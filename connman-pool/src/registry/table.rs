@@ -48,10 +48,15 @@ pub struct Stats {
     pub connections: usize,
 }
 
+type NamespaceMap<C, K, D> = HashMap<Box<str>, Arc<Namespace<C, K, D>>>;
+
+/// A scope waiting for a connect in flight, with how many of its waiters wait.
+pub(super) type Joiner<C, K, D> = (Arc<ScopeCell<C, K, D>>, usize);
+
 /// What every handle of a registry shares.
 pub(super) struct Shared<C, K, D> {
     pub(super) config: Config,
-    namespaces: Mutex<HashMap<Box<str>, Arc<Namespace<C, K, D>>>>,
+    namespaces: Mutex<NamespaceMap<C, K, D>>,
     next_key: AtomicU64,
 }
 
@@ -224,7 +229,7 @@ pub(super) struct EntryState<C, K, D> {
     /// Scopes holding a reference, in the order they took it.
     pub(super) holders: Vec<Holder<C, K, D>>,
     /// Scopes waiting for the connect in flight, with how many waiters each.
-    pub(super) joiners: Vec<(Arc<ScopeCell<C, K, D>>, usize)>,
+    pub(super) joiners: Vec<Joiner<C, K, D>>,
     /// Whether the first connect succeeded.
     pub(super) ready: bool,
     /// Whether the entry is in its namespace's table.
@@ -265,7 +270,11 @@ impl<C, K, D> Entry<C, K, D> {
         scope: &Arc<ScopeCell<C, K, D>>,
         reuse: Option<&Client<C, K>>,
     ) -> Client<C, K> {
-        let idx = match state.holders.iter().position(|h| Arc::ptr_eq(&h.scope, scope)) {
+        let idx = match state
+            .holders
+            .iter()
+            .position(|h| Arc::ptr_eq(&h.scope, scope))
+        {
             Some(idx) => idx,
             None => {
                 state.holders.push(Holder {
@@ -322,7 +331,11 @@ impl<C, K, D> Entry<C, K, D> {
     }
 
     /// Detaches `scope`'s listeners and keeps its reference; false if there was nothing to detach.
-    pub(super) fn detach(&self, state: &mut EntryState<C, K, D>, scope: &ScopeCell<C, K, D>) -> bool {
+    pub(super) fn detach(
+        &self,
+        state: &mut EntryState<C, K, D>,
+        scope: &ScopeCell<C, K, D>,
+    ) -> bool {
         let Some(holder) = state
             .holders
             .iter_mut()

@@ -2,9 +2,9 @@
 
 use super::*;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use std::sync::atomic::AtomicUsize;
 
 /// A connection that counts its listeners and every add and remove.
 #[derive(Debug, Default)]

@@ -11,8 +11,7 @@ use std::time::Duration;
 use connman_pool::registry::{Get, Manager, Registry, Removed, Scope, Spec, Stats};
 
 use crate::harness::{
-    BenchError, BenchResult, Better, Mode, Pairs, Row, Scenario, fmt_ns, ns_per_op, runtime,
-    spread,
+    BenchError, BenchResult, Better, Mode, Pairs, Row, Scenario, fmt_ns, ns_per_op, runtime, spread,
 };
 
 /// The scenario.
@@ -197,7 +196,12 @@ async fn memory(scopes: usize) -> BenchResult<Row> {
     let after_stats = ours.registry.stats();
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     let grown = after.saturating_sub(before);
-    let fmt_stats = |s: Stats| format!("{} ns / {} scopes / {} conns", s.namespaces, s.scopes, s.connections);
+    let fmt_stats = |s: Stats| {
+        format!(
+            "{} ns / {} scopes / {} conns",
+            s.namespaces, s.scopes, s.connections
+        )
+    };
     Ok(Row {
         scenario: format!("B6 memory after {scopes} scopes came and went"),
         ours: format!(
