@@ -2,7 +2,7 @@
 //! namespace seen from one scope, with the cache that answers a repeated `get`.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use connman_core::error::{BoxError, Closed, Duplicate, InvalidConfig, NotFound};
@@ -15,7 +15,8 @@ use super::config::Config;
 use super::spec::Spec;
 use super::supervisor::{Outcome, Start, Supervisor};
 use super::table::{
-    Entry, EntryState, Namespace, Record, RecordState, ScopeCell, Shared, Signals, Stats, Tables,
+    Entry, EntryState, Holders, Namespace, Record, RecordState, ScopeCell, Shared, Signals, Stats,
+    Tables,
 };
 use crate::error::Mismatch;
 
@@ -63,6 +64,7 @@ impl<C, K, D> Registry<C, K, D> {
             namespace,
             first: OnceLock::new(),
             last: Mutex::new(None),
+            has_last: AtomicBool::new(false),
             scope,
         }
     }
@@ -138,6 +140,8 @@ pub struct Manager<C, K, D> {
     first: OnceLock<Held<C, K, D>>,
     /// The last other connection `get` found this scope holding.
     last: Mutex<Option<Held<C, K, D>>>,
+    /// Whether `last` was ever filled: until then a `get` skips its lock.
+    has_last: AtomicBool,
     /// Dropped last, after the namespace handle: a scope's last reference takes its row out of the tables.
     scope: Arc<ScopeCell<C, K, D>>,
 }
@@ -455,7 +459,7 @@ where
             EntryState {
                 id: spec.id.as_str().into(),
                 credentials: spec.credentials,
-                holders: Vec::new(),
+                holders: Holders::default(),
                 joiners: vec![(self.scope.clone(), 1)],
                 ready: false,
                 live: true,
@@ -483,6 +487,9 @@ where
     /// The client of the `last` cache if it answers; a `last` that another thread is using, or that a panicking
     /// credentials comparison poisoned, is a miss.
     fn cached_last(&self, generation: u64, id: &str, credentials: &K) -> Option<Client<C, K>> {
+        if !self.has_last.load(Ordering::Relaxed) {
+            return None;
+        }
         let last = self.last.try_lock().ok()?;
         let held = last.as_ref()?;
         held.answers(generation, id, credentials)
@@ -518,7 +525,10 @@ where
                         Some(l) if l.is(entry, id, credentials) => {
                             l.generation.store(generation, Ordering::Release);
                         }
-                        _ => *last = Some(held()),
+                        _ => {
+                            *last = Some(held());
+                            self.has_last.store(true, Ordering::Relaxed);
+                        }
                     }
                 }
             }
@@ -537,6 +547,7 @@ impl<C, K, D> Clone for Manager<C, K, D> {
             namespace: self.namespace.clone(),
             first: OnceLock::new(),
             last: Mutex::new(None),
+            has_last: AtomicBool::new(false),
             scope: self.scope.clone(),
         }
     }

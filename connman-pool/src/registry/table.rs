@@ -17,6 +17,7 @@
 //! repeated `get` would change nothing. Other scopes letting go never touch it.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
@@ -226,8 +227,8 @@ pub(super) struct EntryState<C, K, D> {
     /// The id and credentials the entry is found by; the record keeps a copy for its clients.
     pub(super) id: Box<str>,
     pub(super) credentials: K,
-    /// Scopes holding a reference, in the order they took it.
-    pub(super) holders: Vec<Holder<C, K, D>>,
+    /// Scopes holding a reference.
+    pub(super) holders: Holders<C, K, D>,
     /// Scopes waiting for the connect in flight, with how many waiters each.
     pub(super) joiners: Vec<Joiner<C, K, D>>,
     /// Whether the first connect succeeded.
@@ -241,6 +242,95 @@ pub(super) struct EntryState<C, K, D> {
 pub(super) struct Holder<C, K, D> {
     pub(super) scope: Arc<ScopeCell<C, K, D>>,
     attached: bool,
+    /// When it took the reference, among the entry's holders: the first holder is the one with the lowest.
+    seq: u64,
+}
+
+/// The holders of one connection, by the address of their scope: a scope is in the table once, and a scope cell
+/// keeps its address while anyone holds it, so the address identifies it. Finding and removing a holder costs the
+/// same with 64 holders as with one.
+pub(super) struct Holders<C, K, D> {
+    by_scope: HashMap<usize, Holder<C, K, D>, BuildHasherDefault<AddrHasher>>,
+    next_seq: u64,
+}
+
+impl<C, K, D> Default for Holders<C, K, D> {
+    fn default() -> Self {
+        Self {
+            by_scope: HashMap::default(),
+            next_seq: 0,
+        }
+    }
+}
+
+impl<C, K, D> Holders<C, K, D> {
+    fn key(scope: &ScopeCell<C, K, D>) -> usize {
+        std::ptr::from_ref(scope) as usize
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.by_scope.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.by_scope.is_empty()
+    }
+
+    fn get_mut(&mut self, scope: &ScopeCell<C, K, D>) -> Option<&mut Holder<C, K, D>> {
+        self.by_scope.get_mut(&Self::key(scope))
+    }
+
+    fn remove(&mut self, scope: &ScopeCell<C, K, D>) -> Option<Holder<C, K, D>> {
+        self.by_scope.remove(&Self::key(scope))
+    }
+
+    /// The holder of `scope`, added (not attached) if it held nothing; and whether it was added.
+    fn entry(&mut self, scope: &Arc<ScopeCell<C, K, D>>) -> (&mut Holder<C, K, D>, bool) {
+        let seq = self.next_seq;
+        let mut added = false;
+        let holder = self.by_scope.entry(Self::key(scope)).or_insert_with(|| {
+            added = true;
+            Holder {
+                scope: scope.clone(),
+                attached: false,
+                seq,
+            }
+        });
+        if added {
+            self.next_seq += 1;
+        }
+        (holder, added)
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Holder<C, K, D>> {
+        self.by_scope.values()
+    }
+
+    /// The scope that has held the connection longest.
+    pub(super) fn first(&self) -> Option<&Holder<C, K, D>> {
+        self.by_scope.values().min_by_key(|h| h.seq)
+    }
+}
+
+/// Hashes a scope cell's address: a multiplicative hash of its bits above the alignment.
+#[derive(Default)]
+pub(super) struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `usize` keys are hashed here; this keeps any other input correct, if slow.
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.0 = ((n as u64) >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 impl<C, K, D> Entry<C, K, D> {
@@ -270,22 +360,7 @@ impl<C, K, D> Entry<C, K, D> {
         scope: &Arc<ScopeCell<C, K, D>>,
         reuse: Option<&Client<C, K>>,
     ) -> Client<C, K> {
-        let idx = match state
-            .holders
-            .iter()
-            .position(|h| Arc::ptr_eq(&h.scope, scope))
-        {
-            Some(idx) => idx,
-            None => {
-                state.holders.push(Holder {
-                    scope: scope.clone(),
-                    attached: false,
-                });
-                self.record.set_references(state.holders.len());
-                state.holders.len() - 1
-            }
-        };
-        let holder = &mut state.holders[idx];
+        let (holder, added) = state.holders.entry(scope);
         if !holder.attached {
             holder.attached = true;
             if !self.fns.listeners.is_empty()
@@ -293,6 +368,9 @@ impl<C, K, D> Entry<C, K, D> {
             {
                 attach(&*conn, &self.record, scope, &self.fns.listeners);
             }
+        }
+        if added {
+            self.record.set_references(state.holders.len());
         }
         match reuse {
             Some(client) if client.is_of(&self.record) => client.clone(),
@@ -306,15 +384,10 @@ impl<C, K, D> Entry<C, K, D> {
         state: &mut EntryState<C, K, D>,
         scope: &ScopeCell<C, K, D>,
     ) -> bool {
-        let Some(idx) = state
-            .holders
-            .iter()
-            .position(|h| std::ptr::eq(Arc::as_ptr(&h.scope), scope))
-        else {
+        let Some(holder) = state.holders.remove(scope) else {
             return false;
         };
         scope.bump();
-        let holder = state.holders.remove(idx);
         if holder.attached
             && !self.fns.listeners.is_empty()
             && let Some(conn) = self.record.connection()
@@ -336,11 +409,7 @@ impl<C, K, D> Entry<C, K, D> {
         state: &mut EntryState<C, K, D>,
         scope: &ScopeCell<C, K, D>,
     ) -> bool {
-        let Some(holder) = state
-            .holders
-            .iter_mut()
-            .find(|h| std::ptr::eq(Arc::as_ptr(&h.scope), scope))
-        else {
+        let Some(holder) = state.holders.get_mut(scope) else {
             return false;
         };
         if !holder.attached {
@@ -366,7 +435,7 @@ impl<C, K, D> Entry<C, K, D> {
 
     /// Makes every holder's cached `get` of this entry stale: the entry was re-keyed or is leaving.
     pub(super) fn bump_holders(state: &EntryState<C, K, D>) {
-        for holder in &state.holders {
+        for holder in state.holders.iter() {
             holder.scope.bump();
         }
     }

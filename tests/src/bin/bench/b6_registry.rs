@@ -27,7 +27,9 @@ pub(crate) const SCENARIO: Scenario = Scenario {
              no task ever waits for an object (bb8 keeps its default check on checkout), `get` then drop. \
              **(b) under contention across an await**: the same operations with the handle (ours: the `Client`; \
              the peers: the pooled object) held across a `tokio::task::yield_now().await` in the middle, so that \
-             every task holds it at once. **(c) cached get**: ours is a repeated `get` of a connection the scope \
+             every task holds it at once; the reference column is the `yield_now().await` alone, measured in the same rounds, \
+             which every contender pays once per operation and which bounds the ratio from above: \
+             (await + peer) / await. **(c) cached get**: ours is a repeated `get` of a connection the scope \
              already holds (answered from the manager's memory, no lock), then the client is dropped; beside the \
              same deadpool and bb8 get + drop, and the floor: `Arc::clone` + drop of a handle each task owns (an \
              `Arc` around an `Arc` of the connection, as a `Client` is), the cheapest way to hand out a shared \
@@ -71,6 +73,7 @@ fn run(mode: Mode) -> BenchResult<Vec<Row>> {
             let mut a = [Pairs::default(), Pairs::default()];
             let mut b = [Pairs::default(), Pairs::default()];
             let mut c = [Pairs::default(), Pairs::default(), Pairs::default()];
+            let mut yields = Vec::new();
             // One unmeasured warm-up of each, so that pools hold their objects before the first timed round.
             let warm = per_task.min(100);
             ours.take_and_let_go(tasks, warm, false).await?;
@@ -86,6 +89,8 @@ fn run(mode: Mode) -> BenchResult<Vec<Row>> {
                 let ob = timed(bound, ours.take_and_let_go(tasks, per_task_b, true)).await?;
                 let db = timed(bound, run_deadpool(&deadpool, tasks, per_task_b, true)).await?;
                 let pb = timed(bound, run_bb8(&bb8, tasks, per_task_b, true)).await?;
+                let y = timed(bound, run_yield(tasks, per_task_b)).await?;
+                yields.push(ns_per_op(y, total_b));
                 let (oa, oc, floor) = (
                     ns_per_op(oa, total),
                     ns_per_op(oc, total),
@@ -109,8 +114,14 @@ fn run(mode: Mode) -> BenchResult<Vec<Row>> {
             rows.push(row(what, tasks, "deadpool", &a[0], Target::ThreeTimes));
             rows.push(row(what, tasks, "bb8", &a[1], Target::None));
             let what = "(b) get + await + let go";
-            rows.push(row(what, tasks, "deadpool", &b[0], Target::ThreeTimes));
-            rows.push(row(what, tasks, "bb8", &b[1], Target::None));
+            let yield_alone = crate::harness::Stats::of(&yields).map_or(f64::NAN, |s| s.median);
+            let reference = format!("the await alone: {}/op", fmt_ns(yield_alone));
+            let mut with_reference = |mut r: Row| {
+                r.reference = reference.clone();
+                rows.push(r);
+            };
+            with_reference(row(what, tasks, "deadpool", &b[0], Target::ThreeTimes));
+            with_reference(row(what, tasks, "bb8", &b[1], Target::None));
             let what = "(c) cached get";
             rows.push(row(what, tasks, "deadpool", &c[0], Target::None));
             rows.push(row(what, tasks, "bb8", &c[1], Target::None));
@@ -329,6 +340,17 @@ async fn run_bb8(
             }
             Ok(())
         }
+    })
+    .await
+}
+
+/// The reference of (b): the `yield_now().await` alone, which every contender of (b) pays once per operation.
+async fn run_yield(tasks: usize, per_task: u64) -> BenchResult<Duration> {
+    spread(tasks, || async move {
+        for _ in 0..per_task {
+            tokio::task::yield_now().await;
+        }
+        Ok(())
     })
     .await
 }
