@@ -21,7 +21,7 @@ use super::table::{
 use crate::error::Mismatch;
 
 /// How many lifecycle events a connection's subscribers may fall behind before they miss the oldest.
-pub const EVENT_CAPACITY: usize = 64;
+pub const EVENT_CAPACITY: usize = 16;
 
 /// Connections shared by id, per namespace. Cheap to clone: clones share the tables. See the [module docs](super).
 ///
