@@ -242,3 +242,51 @@ async fn cm_19_concurrent_gets_and_removes_keep_the_count() {
         "only the creator's"
     );
 }
+
+/// Two managers of one scope on two threads: once one has let go (and the other thread knows it), the other's
+/// cached `get` must not answer; it takes the reference again, which its own `remove` then finds.
+#[test]
+fn cm_02_19_a_release_through_another_manager_is_seen_by_a_cached_get_on_another_thread() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let reg = Reg::new();
+    let creator = reg.manager("ns", Scope::new("creator", "c"));
+    rt.block_on(creator.create(spec("x", 1))).unwrap();
+    let first = reg.manager("ns", Scope::new("user", "u"));
+    let second = reg.manager("ns", Scope::new("user", "u"));
+    let barrier = std::sync::Barrier::new(2);
+    // Both threads always reach every barrier: the first records what went wrong instead of panicking.
+    let missed = std::thread::scope(|s| {
+        let user = s.spawn(|| {
+            let mut missed = Vec::new();
+            for round in 0..2_000 {
+                // Warm the cache, then let the other thread release.
+                let _ = first.get("x", &1);
+                barrier.wait();
+                barrier.wait();
+                // Released by the other manager: a get must take the reference again, and `remove` find it.
+                let _ = first.get("x", &1);
+                if first.remove("x") != (Removed::Released { remaining: 1 }) {
+                    missed.push(round);
+                }
+            }
+            missed
+        });
+        s.spawn(|| {
+            for _ in 0..2_000 {
+                barrier.wait();
+                // NotHeld here is the first thread's miss of the round before, already recorded.
+                let _ = second.remove("x");
+                barrier.wait();
+            }
+        });
+        user.join().unwrap()
+    });
+    assert!(
+        missed.is_empty(),
+        "rounds whose get took no reference: {missed:?}"
+    );
+    assert_eq!(creator.reference_count("x"), 1);
+}
