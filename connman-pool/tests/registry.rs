@@ -958,6 +958,9 @@ async fn cm_02_scopes_that_come_and_go_leave_no_trace() {
     assert_eq!(again.remove("x"), Removed::Released { remaining: 1 });
     drop(again);
     assert_eq!(reg.stats(), baseline);
+    // Gone for good: the next scope of that id is registered afresh, with its own data.
+    let fresh = reg.manager("ns", scope("holder", "new"));
+    assert_eq!(*fresh.scope().data(), "new");
 }
 
 /// A namespace with no scope and no connection leaves the registry, also after its last connection was torn down.
