@@ -9,6 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use connman_pool::registry::{Get, Manager, Registry, Removed, Scope, Spec, Stats};
+use connman_pool::singleton::Singleton;
+use tower::ServiceExt;
+use tower_service::Service;
 
 use crate::harness::{
     BenchError, BenchResult, Better, Mode, Pairs, Row, Scenario, fmt_ns, ns_per_op, runtime, spread,
@@ -33,7 +36,8 @@ pub(crate) const SCENARIO: Scenario = Scenario {
              already holds (answered from the manager's memory, no lock), then the client is dropped; beside the \
              same deadpool and bb8 get + drop, and the floor: `Arc::clone` + drop of a handle each task owns (an \
              `Arc` around an `Arc` of the connection, as a `Client` is), the cheapest way to hand out a shared \
-             handle. The old headline of this benchmark (15–50× faster than deadpool) was (c) against a checkout: \
+             handle. A `Singleton` row shows the tower-layer way to share one made connection for the same (c) path: `ready` + \
+             `call` + drop of the `RefHandle` on each task's clone of the service, beside deadpool. The old headline of this benchmark (15–50× faster than deadpool) was (c) against a checkout: \
              a path that takes no reference against one that takes an object; (a) and (b) are the like-with-like \
              figures. **Memory**: in the same process, RSS (`/proc/self/statm`) before and after 10^6 scopes \
              (10^5 in the smoke mode) each made a manager, took the connection, let go and dropped the manager, \
@@ -63,6 +67,9 @@ fn run(mode: Mode) -> BenchResult<Vec<Row>> {
             .await
             .map_err(|e| BenchError::new(format!("bb8: {e:?}")))?;
         let ours = Ours::new().await?;
+        let make: fn(()) -> std::future::Ready<Result<NoopConn, Infallible>> =
+            |()| std::future::ready(Ok(NoopConn));
+        let singleton: NoopSingleton = Singleton::new(tower::service_fn(make));
         let mut rows = Vec::new();
         for tasks in TASKS {
             let per_task = ops / tasks as u64;
@@ -72,18 +79,25 @@ fn run(mode: Mode) -> BenchResult<Vec<Row>> {
             let total_b = per_task_b * tasks as u64;
             let mut a = [Pairs::default(), Pairs::default()];
             let mut b = [Pairs::default(), Pairs::default()];
-            let mut c = [Pairs::default(), Pairs::default(), Pairs::default()];
+            let mut c = [
+                Pairs::default(),
+                Pairs::default(),
+                Pairs::default(),
+                Pairs::default(),
+            ];
             let mut yields = Vec::new();
             // One unmeasured warm-up of each, so that pools hold their objects before the first timed round.
             let warm = per_task.min(100);
             ours.take_and_let_go(tasks, warm, false).await?;
             ours.cached(tasks, warm).await?;
+            run_singleton(&singleton, tasks, warm).await?;
             run_deadpool(&deadpool, tasks, warm, false).await?;
             run_bb8(&bb8, tasks, warm, false).await?;
             for _ in 0..mode.rounds() {
                 let oa = timed(bound, ours.take_and_let_go(tasks, per_task, false)).await?;
                 let oc = timed(bound, ours.cached(tasks, per_task)).await?;
                 let floor = timed(bound, run_arc(tasks, per_task)).await?;
+                let single = timed(bound, run_singleton(&singleton, tasks, per_task)).await?;
                 let d = timed(bound, run_deadpool(&deadpool, tasks, per_task, false)).await?;
                 let p = timed(bound, run_bb8(&bb8, tasks, per_task, false)).await?;
                 let ob = timed(bound, ours.take_and_let_go(tasks, per_task_b, true)).await?;
@@ -109,6 +123,7 @@ fn run(mode: Mode) -> BenchResult<Vec<Row>> {
                 c[0].push(oc, d);
                 c[1].push(oc, p);
                 c[2].push(oc, floor);
+                c[3].push(ns_per_op(single, total), d);
             }
             let what = "(a) take + let go";
             rows.push(row(what, tasks, "deadpool", &a[0], Target::ThreeTimes));
@@ -126,6 +141,15 @@ fn run(mode: Mode) -> BenchResult<Vec<Row>> {
             rows.push(row(what, tasks, "deadpool", &c[0], Target::None));
             rows.push(row(what, tasks, "bb8", &c[1], Target::None));
             rows.push(row(what, tasks, "Arc::clone", &c[2], Target::Floor));
+            let mut single = row(
+                "(c) Singleton call, made",
+                tasks,
+                "deadpool",
+                &c[3],
+                Target::None,
+            );
+            single.ours = format!("Singleton: {}", single.ours);
+            rows.push(single);
         }
         rows.push(memory(mode.pick(100_000, 1_000_000)).await?);
         Ok(rows)
@@ -337,6 +361,37 @@ async fn run_bb8(
                     tokio::task::yield_now().await;
                 }
                 drop(conn);
+            }
+            Ok(())
+        }
+    })
+    .await
+}
+
+type NoopSingleton = Singleton<
+    tower::util::ServiceFn<fn(()) -> std::future::Ready<Result<NoopConn, Infallible>>>,
+    (),
+>;
+
+/// `Singleton`'s repeated call once its connection is made: `ready` + `call` + drop of the handle, each task on its
+/// own clone of the service.
+async fn run_singleton(
+    singleton: &NoopSingleton,
+    tasks: usize,
+    per_task: u64,
+) -> BenchResult<Duration> {
+    spread(tasks, || {
+        let mut service = singleton.clone();
+        async move {
+            for _ in 0..per_task {
+                let handle = service
+                    .ready()
+                    .await
+                    .map_err(|e| BenchError::new(format!("singleton ready: {e}")))?
+                    .call(())
+                    .await
+                    .map_err(|e| BenchError::new(format!("singleton call: {e}")))?;
+                drop(black_box(handle));
             }
             Ok(())
         }
