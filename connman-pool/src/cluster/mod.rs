@@ -50,7 +50,7 @@
 mod broker;
 mod memory;
 mod node;
-// mod redis;
+mod redis;
 mod wire;
 
 pub use broker::{
@@ -58,4 +58,9 @@ pub use broker::{
 };
 pub use memory::{DEFAULT_HISTORY, MemoryBroker, MemoryHub};
 pub use node::{Answer, Cluster, ClusterConfig, ClusterEvent, Partial, Publish};
+pub use redis::{RedisBroker, RedisConfig, RedisError};
 pub use wire::Malformed;
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -6,7 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use super::broker::{
     Broker, BrokerFuture, Epoch, Inbox, InboxReceiver, Incoming, NodeId, Position,
 };
+use super::lock;
 use super::wire::{Ask, Reply, Wire};
 use crate::drain::DrainConfig;
 use crate::group::{BroadcastSummary, Group, GroupConfig, Rejected};
@@ -359,10 +360,6 @@ impl Subscriptions {
         lock(&self.maybe_empty).insert(namespace.to_owned());
         self.wake.notify_one();
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Cluster {
