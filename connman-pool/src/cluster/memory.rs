@@ -155,6 +155,13 @@ impl MemoryBroker {
     }
 }
 
+impl Drop for MemoryBroker {
+    /// The node's links go with it; its registry entry stays until its heartbeats are overdue, as after a crash.
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
 fn ready<T: Send + 'static>(value: Result<T, BoxError>) -> BrokerFuture<T> {
     Box::pin(std::future::ready(value))
 }

@@ -1,19 +1,4 @@
 //! [`RedisBroker`]: the broker through one redis-server, over connman's own stack.
-//!
-//! Two links per node:
-//!
-//! * commands (publish, history, heartbeats, messages to one node) go through connman-queue's `Queue` → `Reconnect`
-//!   → `Heartbeat` (PING) over connman-tcp's pipelined client with a RESP2 codec; the `Reconnect` on-up hook loads
-//!   the Lua scripts on each new connection, so calls use `EVALSHA`. While redis is down, calls wait in the queue
-//!   (bounded, with a max wait) and go out in order after the reconnect;
-//! * pub/sub goes through a supervised connman-tcp `Connection` whose on-up step subscribes again to every channel
-//!   wanted; each confirmation tells the node to read what it missed from the history.
-//!
-//! Per namespace `ns` (under the prefix, `connman` by default): `{prefix}:ns:{ns}:offset` (the last offset),
-//! `:stream` (the history, `XADD … MAXLEN ~ N` with ids `offset-0`), `:epoch` (renewed when the history is gone) and
-//! `:seen` (the last publish of each node, so that a publish replayed after a lost link is not appended twice); the
-//! channel `{prefix}:ns:{ns}` carries `epoch:offset:node:payload`. Nodes live in the sorted set `{prefix}:nodes`
-//! (score: when their heartbeat runs out, on redis's clock) and hear messages for them on `{prefix}:node:{id}`.
 
 mod codec;
 mod subscriber;
@@ -270,7 +255,22 @@ struct Call {
     reply: oneshot::Sender<Result<BytesFrame, BoxError>>,
 }
 
-/// One node's links to a redis-server. See the [module docs](self).
+/// One node's links to a redis-server, over connman's own stack.
+///
+/// Two links per node:
+///
+/// * commands (publish, history, heartbeats, messages to one node) go through connman-queue's `Queue` → `Reconnect`
+///   → `Heartbeat` (PING) over connman-tcp's pipelined client with a RESP2 codec; the `Reconnect` on-up hook loads
+///   the Lua scripts on each new connection, so calls use `EVALSHA`. While redis is down, calls wait in the queue
+///   (bounded, with a max wait) and go out in order after the reconnect;
+/// * pub/sub goes through a supervised connman-tcp `Connection` whose on-up step subscribes again to every channel
+///   wanted; each confirmation tells the node to read what it missed from the history.
+///
+/// Per namespace `ns` (under the prefix, `connman` by default): `{prefix}:ns:{ns}:offset` (the last offset),
+/// `:stream` (the history, `XADD … MAXLEN ~ N` with ids `offset-0`), `:epoch` (renewed when the history is gone) and
+/// `:seen` (the last publish of each node, so that a publish replayed after a lost link is not appended twice); the
+/// channel `{prefix}:ns:{ns}` carries `epoch:offset:node:payload`. Nodes live in the sorted set `{prefix}:nodes`
+/// (score: when their heartbeat runs out, on redis's clock) and hear messages for them on `{prefix}:node:{id}`.
 ///
 /// ```no_run
 /// use connman_pool::cluster::{Cluster, ClusterConfig, RedisBroker, RedisConfig};
