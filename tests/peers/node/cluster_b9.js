@@ -69,6 +69,11 @@ async function main() {
   });
 }
 
+// While redis-server is down the redis clients (including those the adapters make themselves) fail their commands
+// and report errors nobody listens to; a node must live through that, so those errors are counted, not fatal.
+let brokerErrors = 0;
+process.on('uncaughtException', () => { brokerErrors += 1; });
+process.on('unhandledRejection', () => { brokerErrors += 1; });
 main().catch((e) => {
   process.stderr.write(`cluster_b9: ${e.stack || e}\n`);
   process.exit(1);
