@@ -73,8 +73,16 @@ async fn check(ops: Vec<Op>, inbox: usize) {
     for (k, peer) in peers.iter_mut().enumerate() {
         let got = received(peer);
         for (p, &count) in sent.iter().enumerate() {
-            let mine: Vec<usize> = got.iter().filter(|(q, _)| *q == p).map(|(_, i)| *i).collect();
-            assert_eq!(mine, (0..count).collect::<Vec<_>>(), "member {k}, publisher {p}");
+            let mine: Vec<usize> = got
+                .iter()
+                .filter(|(q, _)| *q == p)
+                .map(|(_, i)| *i)
+                .collect();
+            assert_eq!(
+                mine,
+                (0..count).collect::<Vec<_>>(),
+                "member {k}, publisher {p}"
+            );
         }
     }
 }
