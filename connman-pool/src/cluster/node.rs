@@ -89,8 +89,8 @@ impl ClusterConfig {
         self
     }
 
-    /// How many cross-node questions may wait at once (default 1024); more fail with
-    /// [`Overloaded`](connman_core::error::Overloaded).
+    /// How many cross-node questions may wait at once (default 1024); more come back at once as
+    /// [`Answer::Partial`] with only this node's part.
     pub fn with_max_queries(mut self, queries: usize) -> Self {
         self.max_queries = queries;
         self
@@ -449,7 +449,8 @@ impl Cluster {
     }
 
     /// Resolves once the node is subscribed to `namespace` and knows where its history stands: from then on every
-    /// broadcast to it reaches this node's members.
+    /// broadcast to it reaches this node's members. It waits as long as that takes (a broker that never answers, a
+    /// namespace without members): put it under a `tokio::time::timeout`.
     pub async fn subscribed(&self, namespace: &str) {
         let mut ready = self.shared.ready.subscribe();
         let _ = ready.wait_for(|set| set.contains(namespace)).await;
@@ -480,7 +481,7 @@ impl Cluster {
         self.shared.live.borrow().clone()
     }
 
-    /// Resolves once the registry holds exactly `n` live nodes.
+    /// Resolves once the registry holds exactly `n` live nodes; as [`Cluster::subscribed`], put it under a timeout.
     pub async fn wait_nodes(&self, n: usize) {
         let mut live = self.shared.live.subscribe();
         let _ = live.wait_for(|nodes| nodes.len() == n).await;
