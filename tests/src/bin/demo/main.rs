@@ -7,11 +7,14 @@
 //! * `stack`: `Queue` + `Heartbeat` + `Reconnect` over a pipelined line client, through a fault-injecting proxy, checked
 //!   by the "nothing lost" checker;
 //! * `registry`: one connection shared by two scopes, references going up and down, the grace period;
-//! * `ws group`: WebSocket members in namespaces, broadcasts, and a paced drain at the end.
+//! * `ws group`: WebSocket members in namespaces, broadcasts, and a paced drain at the end;
+//! * `cluster`: a group across three nodes through redis-server (killed -9 for 2 s) when it is on the machine, the
+//!   in-process broker otherwise.
 //!
 //! Events are printed as they happen and a summary table at the end. The process exits non-zero if anything was lost
 //! or mismatched.
 
+mod cluster;
 mod echo;
 mod group;
 mod registry;
@@ -42,12 +45,14 @@ async fn main() -> ExitCode {
     let stack = tokio::spawn(stack::run(clock.clone(), total));
     let registry = tokio::spawn(registry::run(clock.clone()));
     let group = tokio::spawn(group::run(clock.clone(), total));
+    let cluster = tokio::spawn(cluster::run(clock.clone(), total));
     let mut rows: Vec<Row> = Vec::new();
     for (name, handle) in [
         ("echo", echo),
         ("queue stack", stack),
         ("registry", registry),
         ("group", group),
+        ("cluster", cluster),
     ] {
         match handle.await {
             Ok(Ok(mut section)) => rows.append(&mut section),
