@@ -1,10 +1,10 @@
 //! What one [`Queue`](super::Queue) handle owns: its share of the capacity, counted in one word that only the handle
 //! and its own response futures write.
 //!
-//! The word holds the permits the handle took from the queue's semaphore (`held`), its requests called and not yet
-//! answered (`in_flight`), whether `poll_ready` reserved one for the next call, and whether the handle is gone (then
-//! each answered request gives its permit straight back to the semaphore). A request on the fast path changes this
-//! word twice (call, answer) and nothing else that is shared.
+//! The word holds the permits the handle took from the queue's semaphore (`held`), its requests reserved or called
+//! and not yet answered (`in_flight`), and whether the handle is gone (then each answered request gives its permit
+//! straight back to the semaphore). A request on the fast path changes this word twice (reserve, answer) and nothing
+//! else that is shared; whether the reservation is used yet is a flag only the handle writes.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,15 +18,15 @@ const ONE: u64 = 1;
 const IN_FLIGHT_MASK: u64 = (1 << IN_FLIGHT_BITS) - 1;
 const HELD_ONE: u64 = 1 << IN_FLIGHT_BITS;
 const HELD_MASK: u64 = IN_FLIGHT_MASK << IN_FLIGHT_BITS;
-const RESERVED: u64 = 1 << 62;
 const ORPHAN: u64 = 1 << 63;
 
 /// The most capacity one handle can count (and so the largest capacity a queue accepts).
 pub(crate) const MAX_CAPACITY: usize = IN_FLIGHT_MASK as usize;
 
-/// The requests in flight counted in `word`.
-pub(crate) fn in_flight(word: u64) -> usize {
-    (word & IN_FLIGHT_MASK) as usize
+/// The requests called and not yet answered, by a handle's counters (a reservation is not a request yet).
+pub(crate) fn in_flight(counted: &Counted) -> usize {
+    let w = counted.word.load(Ordering::Relaxed) & IN_FLIGHT_MASK;
+    (w as usize).saturating_sub(usize::from(counted.reserved.load(Ordering::Relaxed)))
 }
 
 fn held(word: u64) -> u64 {
@@ -35,7 +35,7 @@ fn held(word: u64) -> u64 {
 
 /// Permits held and not used by a request or a reservation.
 fn spare(word: u64) -> u64 {
-    held(word).saturating_sub((word & IN_FLIGHT_MASK) + u64::from(word & RESERVED != 0))
+    held(word).saturating_sub(word & IN_FLIGHT_MASK)
 }
 
 /// A handle's state, shared with its response futures (each holds a count of it: aligned so that the count of one
@@ -55,23 +55,26 @@ impl<S: Service<Req>, Req> HandleState<S, Req> {
 
     /// Whether a slot is reserved for the next call.
     pub(crate) fn is_reserved(&self) -> bool {
-        self.counted.word.load(Ordering::Relaxed) & RESERVED != 0
+        self.counted.reserved.load(Ordering::Relaxed)
     }
 
-    /// Reserves a slot from the permits held; false if none is spare.
+    /// Reserves a slot from the permits held (counted in flight from now on); false if none is spare.
     pub(crate) fn try_reserve(&self) -> bool {
+        if self.is_reserved() {
+            return true;
+        }
         let word = &self.counted.word;
         let mut w = word.load(Ordering::Relaxed);
         loop {
-            if w & RESERVED != 0 {
-                return true;
-            }
             if spare(w) == 0 {
                 return false;
             }
-            match word.compare_exchange_weak(w, w | RESERVED, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => return true,
+            match word.compare_exchange_weak(w, w + ONE, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => {
+                    // Only the handle writes this flag: a store, not a read-modify-write.
+                    self.counted.reserved.store(true, Ordering::Relaxed);
+                    return true;
+                }
                 Err(now) => w = now,
             }
         }
@@ -84,18 +87,17 @@ impl<S: Service<Req>, Req> HandleState<S, Req> {
             .fetch_add(u64::from(n) * HELD_ONE, Ordering::Relaxed);
     }
 
-    /// The reserved slot becomes a request in flight.
+    /// The reserved slot becomes a request in flight: it is counted already.
     pub(crate) fn use_reserved(&self) {
-        // RESERVED is set (the caller checked), so this subtraction never borrows.
-        self.counted
-            .word
-            .fetch_add(ONE.wrapping_sub(RESERVED), Ordering::Relaxed);
+        self.counted.reserved.store(false, Ordering::Relaxed);
     }
 
     /// Gives up the reserved slot without a request.
     pub(crate) fn unreserve(&self) {
-        self.counted.word.fetch_and(!RESERVED, Ordering::Relaxed);
-        self.give_back_if_wanted();
+        if self.counted.reserved.swap(false, Ordering::Relaxed) {
+            self.counted.word.fetch_sub(ONE, Ordering::AcqRel);
+            self.give_back_if_wanted();
+        }
     }
 
     /// A request in flight is answered (or dropped): its permit is free again, for this handle or, once the handle
@@ -123,9 +125,10 @@ impl<S: Service<Req>, Req> HandleState<S, Req> {
 
     /// The handle is gone: its permits not in use go back now, the others as their requests are answered.
     pub(crate) fn orphan(&self) {
-        let word = &self.counted.word;
-        word.fetch_and(!RESERVED, Ordering::Relaxed);
-        let before = word.fetch_or(ORPHAN, Ordering::AcqRel);
+        if self.counted.reserved.swap(false, Ordering::Relaxed) {
+            self.counted.word.fetch_sub(ONE, Ordering::AcqRel);
+        }
+        let before = self.counted.word.fetch_or(ORPHAN, Ordering::AcqRel);
         let free = held(before).saturating_sub(before & IN_FLIGHT_MASK);
         if free > 0 {
             self.shared.permits.add_permits(free as usize);

@@ -108,6 +108,8 @@ pub(crate) enum Submitted<F, Req> {
 pub(crate) struct Counted {
     /// The handle's capacity word, see [`super::local`].
     pub(crate) word: AtomicU64,
+    /// Whether a reservation (counted in the word) is not used by a request yet; only the handle writes it.
+    pub(crate) reserved: AtomicBool,
     /// Requests sent at once on the fast path; only the handle writes it.
     pub(crate) direct: AtomicU64,
 }
@@ -457,7 +459,7 @@ impl<S: Service<Req>, Req> Shared<S, Req> {
                 (0, c.direct.load(Ordering::Relaxed)),
                 |(n, d), h| {
                     (
-                        n + super::local::in_flight(h.word.load(Ordering::Relaxed)),
+                        n + super::local::in_flight(&h),
                         d + h.direct.load(Ordering::Relaxed),
                     )
                 },
