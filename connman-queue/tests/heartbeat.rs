@@ -147,6 +147,9 @@ async fn up_09_half_open_detected_within_interval_plus_timeout() {
         events.try_recv(),
         Ok(HeartbeatEvent::TimedOut { .. })
     ));
+    // The lossless counters agree with the stream.
+    let stats = layer.stats();
+    assert_eq!((stats.timeouts, stats.failures, stats.deaths()), (1, 0, 1));
 }
 
 /// UP-10: a remote that cannot answer pings gives a typed error and an event, never a crash.
@@ -167,6 +170,7 @@ async fn up_10_remote_without_ping_is_a_typed_error() {
     let err = ready(&mut hb).await.expect_err("dead");
     let lost = err.downcast_ref::<LinkLost>().expect("LinkLost");
     assert!(std::error::Error::source(lost).is_some_and(|e| e.is::<PingFailed>()));
+    assert_eq!(layer.stats().deaths(), 1);
 }
 
 /// UP-11: the timeout must be shorter than the interval (upnode's server waited 100 s for a 10 s ping).
