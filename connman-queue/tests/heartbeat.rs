@@ -1,6 +1,8 @@
 //! Heartbeat tests on paused time: pings, RTT, half-open links, bad settings.
 
-use std::future::{Future, poll_fn};
+mod support;
+
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,9 +20,7 @@ use connman_queue::reconnect::ReconnectLayer;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
+use support::secs;
 
 /// The far side of a fake connection.
 #[derive(Default)]
@@ -75,7 +75,7 @@ fn layer(config: HeartbeatConfig) -> HeartbeatLayer<fn() -> String> {
 }
 
 async fn ready(hb: &mut Heartbeat<FakeConn>) -> Result<(), BoxError> {
-    poll_fn(|cx| Service::<String>::poll_ready(hb, cx)).await
+    support::ready::<_, String>(hb).await
 }
 
 /// UP-09: a ping every interval through the connection itself, each answer reported with its RTT.

@@ -1,5 +1,7 @@
 //! Queue tests: tower's buffer test list, then upnode's behaviours (UP-xx) done right.
 
+mod support;
+
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,15 +28,10 @@ fn default_queue() -> (Queue<Mock, &'static str>, Handle) {
     new_queue(QueueLayer::default())
 }
 
-/// Lets the worker task run.
-async fn settle() {
-    for _ in 0..8 {
-        tokio::task::yield_now().await;
-    }
-}
+use support::settle;
 
 async fn ready(queue: &mut Queue<Mock, &'static str>) {
-    poll_fn(|cx| Service::poll_ready(queue, cx))
+    support::ready::<_, &'static str>(queue)
         .await
         .expect("queue ready");
 }

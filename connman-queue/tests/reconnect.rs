@@ -1,5 +1,7 @@
 //! Reconnect tests in the style of linkerd's: paused time, schedules asserted to the instant.
 
+mod support;
+
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,15 +23,13 @@ type ConnHandle = mock::Handle<&'static str, &'static str>;
 type Maker = mock::Mock<&'static str, Conn>;
 type MakerHandle = mock::Handle<&'static str, Conn>;
 
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
+use support::ms;
 
 type Rc = Reconnect<Maker, &'static str>;
 
 /// Waits until the reconnect is ready (a named function keeps the request type concrete inside spawned tasks).
 fn ready(rc: &mut Rc) -> impl Future<Output = Result<(), BoxError>> + Send + '_ {
-    poll_fn(move |cx| Service::<&'static str>::poll_ready(rc, cx))
+    support::ready::<_, &'static str>(rc)
 }
 
 fn maker() -> (Maker, MakerHandle) {

@@ -94,6 +94,8 @@
 mod connection;
 mod connector;
 pub mod pipeline;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 #[cfg(feature = "tls")]
 pub mod tls;
 

@@ -3,133 +3,20 @@
 //! Each test is bounded by a `tokio::time::timeout` of a few seconds; timings are shrunk from the seed's so that the
 //! whole file runs in a few seconds of real time.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use connman_core::backoff::{Constant, Exponential};
 use connman_core::lifecycle::CloseReason;
 use connman_core::{Event, State};
-use connman_tcp::{ConnectError, Connection, Handler, HostPort, Writer};
+use connman_tcp::{ConnectError, Connection, HostPort};
 use connman_tests::flaky::FlakyServer;
-use tokio::sync::mpsc;
+
 use tokio::time::{sleep, timeout};
 
 const BOUND: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Clone)]
-enum Call {
-    Connect,
-    Reconnect,
-    Reset,
-    Data(Bytes),
-    Event(Event),
-    Close,
-}
-
-/// Records every handler call and forwards it to the test; optionally pings through the writer, as `tcho.js` does.
-struct Recorder {
-    log: Arc<Mutex<Vec<Call>>>,
-    tx: mpsc::Sender<Call>,
-    writer: Arc<Mutex<Option<Writer>>>,
-    ping_every: Option<Duration>,
-}
-
-impl Recorder {
-    fn record(&mut self, call: Call) {
-        self.log.lock().unwrap().push(call.clone());
-        let _ = self.tx.try_send(call);
-    }
-}
-
-impl Handler for Recorder {
-    fn on_connect(&mut self, writer: Writer) {
-        *self.writer.lock().unwrap() = Some(writer.clone());
-        if let Some(every) = self.ping_every {
-            tokio::spawn(async move {
-                loop {
-                    sleep(every).await;
-                    match writer.write_all(b"ping").await {
-                        Err(e) if e.is_closed() => break,
-                        // While down (or when a write meets a closing peer) the pinger waits for the next link.
-                        _ => {}
-                    }
-                }
-            });
-        }
-        self.record(Call::Connect);
-    }
-    fn on_reconnect(&mut self) {
-        self.record(Call::Reconnect);
-    }
-    fn on_reset(&mut self) {
-        self.record(Call::Reset);
-    }
-    fn on_data(&mut self, data: Bytes) {
-        self.record(Call::Data(data));
-    }
-    fn on_event(&mut self, event: &Event) {
-        self.record(Call::Event(event.clone()));
-    }
-    fn on_close(&mut self) {
-        self.record(Call::Close);
-    }
-}
-
-struct Probe {
-    log: Arc<Mutex<Vec<Call>>>,
-    rx: mpsc::Receiver<Call>,
-    writer: Arc<Mutex<Option<Writer>>>,
-}
-
-impl Probe {
-    async fn until(&mut self, pred: impl Fn(&Call) -> bool) -> Call {
-        loop {
-            let call = self.rx.recv().await.expect("the connection task is alive");
-            if pred(&call) {
-                return call;
-            }
-        }
-    }
-
-    /// Collects data until `want` bytes arrived.
-    async fn data(&mut self, want: usize) -> Vec<u8> {
-        let mut got = Vec::new();
-        while got.len() < want {
-            if let Call::Data(chunk) = self.until(|c| matches!(c, Call::Data(_))).await {
-                got.extend_from_slice(&chunk);
-            }
-        }
-        got
-    }
-
-    fn count(&self, pred: impl Fn(&Call) -> bool) -> usize {
-        self.log.lock().unwrap().iter().filter(|c| pred(c)).count()
-    }
-
-    fn calls(&self) -> Vec<Call> {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn writer(&self) -> Writer {
-        self.writer.lock().unwrap().clone().expect("on_connect ran")
-    }
-}
-
-fn recorder(ping_every: Option<Duration>) -> (Recorder, Probe) {
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let writer = Arc::new(Mutex::new(None));
-    let (tx, rx) = mpsc::channel(4096);
-    (
-        Recorder {
-            log: log.clone(),
-            tx,
-            writer: writer.clone(),
-            ping_every,
-        },
-        Probe { log, rx, writer },
-    )
-}
+use connman_tcp::testing::{Call, recorder};
 
 fn is_connect(c: &Call) -> bool {
     matches!(c, Call::Connect)

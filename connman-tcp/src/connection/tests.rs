@@ -11,7 +11,7 @@ use bytes::Bytes;
 use connman_core::backoff::Constant;
 use connman_core::lifecycle::CloseReason;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 /// What the scripted connector does on its next attempt.
@@ -88,104 +88,10 @@ impl Service<&'static str> for Script {
     }
 }
 
-/// What a handler saw.
-#[derive(Debug, Clone)]
-enum Call {
-    Connect,
-    Reconnect,
-    Reset,
-    Data(Bytes),
-    Event(Event),
-    Close,
-}
-
-/// A handler that records every call, with its instant, and forwards it to the test.
-struct Recorder {
-    log: Arc<Mutex<Vec<(Instant, Call)>>>,
-    tx: mpsc::Sender<Call>,
-    writer: Arc<Mutex<Option<Writer>>>,
-}
-
-impl Recorder {
-    fn record(&mut self, call: Call) {
-        self.log
-            .lock()
-            .unwrap()
-            .push((Instant::now(), call.clone()));
-        let _ = self.tx.try_send(call);
-    }
-}
-
-impl Handler for Recorder {
-    fn on_connect(&mut self, writer: Writer) {
-        *self.writer.lock().unwrap() = Some(writer);
-        self.record(Call::Connect);
-    }
-    fn on_reconnect(&mut self) {
-        self.record(Call::Reconnect);
-    }
-    fn on_reset(&mut self) {
-        self.record(Call::Reset);
-    }
-    fn on_data(&mut self, data: Bytes) {
-        self.record(Call::Data(data));
-    }
-    fn on_event(&mut self, event: &Event) {
-        self.record(Call::Event(event.clone()));
-    }
-    fn on_close(&mut self) {
-        self.record(Call::Close);
-    }
-}
-
-/// The test's side of a [`Recorder`].
-struct Probe {
-    log: Arc<Mutex<Vec<(Instant, Call)>>>,
-    rx: mpsc::Receiver<Call>,
-    writer: Arc<Mutex<Option<Writer>>>,
-}
-
-impl Probe {
-    /// Waits for the next call that matches.
-    async fn until(&mut self, pred: impl Fn(&Call) -> bool) -> Call {
-        loop {
-            let call = self.rx.recv().await.expect("the connection task is alive");
-            if pred(&call) {
-                return call;
-            }
-        }
-    }
-
-    fn calls(&self) -> Vec<Call> {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(_, c)| c.clone())
-            .collect()
-    }
-
-    fn count(&self, pred: impl Fn(&Call) -> bool) -> usize {
-        self.calls().iter().filter(|c| pred(c)).count()
-    }
-
-    fn writer(&self) -> Writer {
-        self.writer.lock().unwrap().clone().expect("on_connect ran")
-    }
-}
+use crate::testing::{Call, Probe, Recorder};
 
 fn recorder() -> (Recorder, Probe) {
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let writer = Arc::new(Mutex::new(None));
-    let (tx, rx) = mpsc::channel(1024);
-    (
-        Recorder {
-            log: log.clone(),
-            tx,
-            writer: writer.clone(),
-        },
-        Probe { log, rx, writer },
-    )
+    crate::testing::recorder(None)
 }
 
 fn is_connect(c: &Call) -> bool {
