@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use connman_core::backoff::Exponential;
-use connman_core::error::{BoxError, Closed, InvalidConfig, Overloaded};
+use connman_core::error::{BoxError, Closed, InvalidConfig, NoRuntime, Overloaded};
 use connman_queue::heartbeat::{HeartbeatConfig, HeartbeatLayer};
-use connman_queue::queue::{CallOptions, Queue, QueueLayer};
-use connman_queue::reconnect::ReconnectLayer;
+use connman_queue::queue::{CallOptions, Queue, QueueConfig, QueueLayer};
+use connman_queue::reconnect::{ReconnectConfig, ReconnectLayer};
 use connman_tcp::{Connection, Pipeline, PipelineConnector, TcpConnector};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -297,31 +297,41 @@ impl RedisBroker {
     /// Starts both links to the redis-server at `addr` on the current tokio runtime; they connect (and reconnect)
     /// in the background.
     ///
-    /// Fails when the settings cannot work.
+    /// # Errors
     ///
-    /// # Panics
-    ///
-    /// Outside a tokio runtime.
-    pub fn connect(addr: SocketAddr, config: RedisConfig) -> Result<Self, InvalidConfig> {
+    /// [`InvalidConfig`] when the settings cannot work, [`NoRuntime`] outside a tokio runtime.
+    pub fn connect(addr: SocketAddr, config: RedisConfig) -> Result<Self, BoxError> {
         if config.history == 0 {
-            return Err(InvalidConfig::new("the history must keep at least 1 entry"));
+            return Err(InvalidConfig::new("the history must keep at least 1 entry").into());
         }
         if config.prefix.is_empty() {
-            return Err(InvalidConfig::new("the key prefix must not be empty"));
+            return Err(InvalidConfig::new("the key prefix must not be empty").into());
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(NoRuntime::new().into());
         }
         let backoff = Exponential::builder()
             .initial(Duration::from_millis(20))
             .max(config.max_backoff.max(Duration::from_millis(20)))
             .build()?;
-        let heartbeat = HeartbeatConfig::new(config.ping_interval, config.ping_timeout)?;
-        let queue = QueueLayer::new()
-            .capacity(config.queue_capacity)?
-            .max_wait(config.max_wait)?;
+        let heartbeat = HeartbeatConfig::builder()
+            .interval(config.ping_interval)
+            .timeout(config.ping_timeout)
+            .build()?;
+        let queue = QueueLayer::new(
+            QueueConfig::builder()
+                .capacity(config.queue_capacity)
+                .max_wait(config.max_wait)
+                .build()?,
+        );
         let connector: PipelineConnector<_, _, BytesFrame> =
             PipelineConnector::new(TcpConnector::new(), RespCodec::new(config.max_frame));
-        let reconnect = ReconnectLayer::new(addr)
-            .backoff(backoff.clone())
-            .on_up(load_scripts);
+        let reconnect = ReconnectLayer::new(
+            ReconnectConfig::builder(addr)
+                .backoff(backoff.clone())
+                .on_up(load_scripts)
+                .build()?,
+        );
         let link = ServiceBuilder::new()
             .layer(queue)
             .layer(reconnect)
@@ -341,7 +351,7 @@ impl RedisBroker {
             config.ping_interval,
             config.max_frame,
             stop.clone(),
-        );
+        )?;
         Ok(Self {
             keys,
             config,
@@ -443,7 +453,7 @@ async fn run_calls<S>(
     mut calls: mpsc::Receiver<Call>,
     stop: CancellationToken,
 ) where
-    S: Service<BytesFrame, Response = BytesFrame> + Send + 'static,
+    S: Service<BytesFrame, Response = BytesFrame> + Clone + Send + 'static,
     S::Future: Send,
     S::Error: Into<BoxError>,
 {

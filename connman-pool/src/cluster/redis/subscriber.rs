@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use connman_core::backoff::Exponential;
+use connman_core::error::NoRuntime;
 use connman_tcp::{Connection, Handler, Writer};
 use redis_protocol::resp2::types::BytesFrame;
 use tokio::sync::Notify;
@@ -99,7 +100,7 @@ pub(crate) fn start(
     ping: Duration,
     max_frame: usize,
     stop: CancellationToken,
-) -> Connection {
+) -> Result<Connection, NoRuntime> {
     let handler = SubHandler {
         wanted: wanted.clone(),
         codec: RespCodec::new(max_frame),
@@ -107,9 +108,9 @@ pub(crate) fn start(
     };
     let conn = Connection::builder(addr, handler)
         .backoff(backoff)
-        .connect();
+        .connect()?;
     tokio::spawn(write_subscriptions(wanted, ping, stop));
-    conn
+    Ok(conn)
 }
 
 struct SubHandler {
