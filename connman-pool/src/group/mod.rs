@@ -129,6 +129,8 @@ pub enum Departure {
     Closed(CloseCode),
     /// Its sink failed; it was dropped.
     Failed,
+    /// Its connection ended by itself ([`Member::poll_ended`]: the peer closed or went away); it was dropped.
+    Ended,
     /// Its close did not finish within the close timeout; it was dropped.
     CloseTimedOut,
 }

@@ -85,7 +85,13 @@ where
                 let idle_at = idle_timeout.map(|t| later(last_activity, t));
                 tokio::select! {
                     () = slot.wake.notified() => {}
+                    // The peer went away: the member leaves at once, and dropping it releases its socket.
+                    () = poll_fn(|cx| member.as_mut().poll_ended(cx)) => break Departure::Ended,
                     () = sleep_until(idle_at.unwrap_or_else(Instant::now)), if idle_at.is_some() => {
+                        // Inbound frames the owner never saw (pongs) count as activity too.
+                        if let Some(heard) = member.as_ref().get_ref().last_heard() {
+                            slot.touch(Instant::from_std(heard));
+                        }
                         idle_expired(&slot, &exit.group, idle_timeout);
                     }
                 }
