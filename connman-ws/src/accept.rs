@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use crate::config::WsConfig;
 use crate::error::{HandshakeTimeout, handshake_error};
 use crate::stream::{WsMember, WsReceiver, WsStream};
+use crate::watch::Watched;
 
 /// How [`accept`] names connections: the namespace of each, the subprotocols it speaks and the connection settings.
 ///
@@ -138,7 +139,8 @@ where
         Ok(response)
     };
     let timeout = config.ws.handshake_timeout();
-    let handshake = accept_hdr_async_with_config(io, callback, Some(config.ws.tungstenite()));
+    let handshake =
+        accept_hdr_async_with_config(Watched::new(io), callback, Some(config.ws.tungstenite()));
     let ws = match tokio::time::timeout(timeout, handshake).await {
         Err(_) => return Err(HandshakeTimeout::new(timeout).into()),
         Ok(Err(WsError::Http(response))) if response.status() == StatusCode::NOT_FOUND => {

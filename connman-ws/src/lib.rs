@@ -14,7 +14,15 @@
 //!
 //! A connection that misbehaves (a message over the limit, invalid UTF-8 in a text message, a protocol violation, a
 //! missing pong) is closed with the matching code, and its receiver yields a typed error from [`error`]; no other
-//! connection notices.
+//! connection notices. After sending such a close, the receiver reads and discards until the peer's close (or the
+//! close timeout), then ends the TCP stream with a FIN, so the peer reads the code instead of a reset (1006).
+//!
+//! A [`WsMember`] in a group leaves it by itself when its connection ends (the peer closed, vanished, misbehaved or
+//! missed its pongs): the group's writer watches [`Member::poll_ended`](connman_core::member::Member::poll_ended).
+//! Every inbound frame, pongs included, counts as activity for the group's idle timeout
+//! ([`Member::last_heard`](connman_core::member::Member::last_heard)). A connection carries text and binary: a
+//! group's [`Bytes`](bytes::Bytes) go out as the connection's [`MessageKind`], and [`WsStream::frames`] sends either
+//! kind ([`Outgoing`]), so an echo of text is text.
 //!
 //! Where it sits:
 //!
@@ -53,13 +61,12 @@
 //!             let Ok(conn) = accept(tcp, &config).await else { return };
 //!             let (ns, id) = (conn.namespace().to_owned(), conn.id().to_owned());
 //!             let (member, mut incoming) = conn.split();
-//!             if group.add(ns.clone(), id.clone(), member).is_err() {
+//!             if group.add(ns, id, member).is_err() {
 //!                 return;
 //!             }
-//!             // Reading answers pings and finishes the close handshake; traffic keeps the member from idling out.
-//!             while let Some(Ok(_)) = incoming.next().await {
-//!                 let _ = group.touch(&ns, &id);
-//!             }
+//!             // Reading answers pings and finishes the close handshake. Every frame, pongs included, keeps the
+//!             // member from idling out; when the connection ends, the member leaves the group by itself.
+//!             while let Some(Ok(_)) = incoming.next().await {}
 //!         });
 //!     }
 //! });
@@ -91,11 +98,12 @@ mod config;
 mod connector;
 pub mod error;
 mod stream;
+mod watch;
 
 pub use accept::{AcceptConfig, WsConnection, accept};
 pub use config::{MessageKind, WsConfig, WsConfigBuilder};
 pub use connector::{WsConnectFuture, WsConnector, WsConnectorLayer};
-pub use stream::{PeerClose, Received, WsMember, WsReceiver, WsStream};
+pub use stream::{Frames, Outgoing, PeerClose, Received, WsMember, WsReceiver, WsStream};
 
 /// tokio-tungstenite's protocol crate, for request types ([`tungstenite::ClientRequestBuilder`], `http::Request`).
 pub use tokio_tungstenite::tungstenite;
