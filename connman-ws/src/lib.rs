@@ -9,6 +9,13 @@
 //! * [`accept`]: the server handshake within a timeout, giving a [`WsConnection`] with an id and a namespace.
 //!   [`WsConnection::split`] gives a [`WsMember`] (a [`Member`](connman_core::member::Member) for a
 //!   `connman_pool::group::Group`) and a [`WsReceiver`] (the stream of incoming messages).
+//! * `upgrade::upgrade` (the `hyper` feature): the same connection from a request that hyper or axum serves, with
+//!   the 101 response to return and a future of the upgraded stream.
+//! * [`AcceptConfig::admit`]: an admission callback that sees the handshake's path, query and headers and names the
+//!   namespace and id, or refuses (an HTTP status before the upgrade, 4009 after it); [`AcceptConfig::draining`]
+//!   turns newcomers away with 4200 during a drain.
+//! * TLS (`wss://`): [`accept`] takes any IO, so a `tokio_rustls::server::TlsStream` too; [`WsConnector`] over
+//!   connman-tcp's `TlsConnector` speaks `wss://`.
 //! * [`WsConfig`]: a 4 KiB read buffer instead of tungstenite's 128 KiB, a bounded write buffer, a 1 MiB message
 //!   limit (closing with 1009), a ping/pong heartbeat (closing with 4201), and finite handshake and close timeouts.
 //!
@@ -98,9 +105,11 @@ mod config;
 mod connector;
 pub mod error;
 mod stream;
+#[cfg(feature = "hyper")]
+pub mod upgrade;
 mod watch;
 
-pub use accept::{AcceptConfig, WsConnection, accept};
+pub use accept::{AcceptConfig, Admission, Handshake, WsConnection, accept};
 pub use config::{MessageKind, WsConfig, WsConfigBuilder};
 pub use connector::{WsConnectFuture, WsConnector, WsConnectorLayer};
 pub use stream::{Frames, Outgoing, PeerClose, Received, WsMember, WsReceiver, WsStream};
