@@ -6,6 +6,7 @@ use std::process::Stdio;
 use crate::{cargo, step};
 
 pub(crate) fn run(_args: &[String]) -> Result<(), String> {
+    crate::peers::run(&[])?;
     step("format", cargo().args(["fmt", "--all", "--check"]))?;
     crate::tidy::run()?;
     step(
@@ -36,6 +37,7 @@ pub(crate) fn run(_args: &[String]) -> Result<(), String> {
     core_has_no_runtime()?;
     let (passed, failed) = tests()?;
     loom()?;
+    crate::fuzz::run(&["--seconds".into(), "5".into()])?;
     step(
         "benchmarks, quick smoke run",
         cargo().args(["xtask", "bench", "--quick", "--no-write"]),
