@@ -305,8 +305,11 @@ where
         }
     };
     let timeout = config.ws.handshake_timeout();
-    let handshake =
-        accept_hdr_async_with_config(Watched::new(io), callback, Some(config.ws.tungstenite()));
+    let handshake = accept_hdr_async_with_config(
+        Watched::after_http(io),
+        callback,
+        Some(config.ws.tungstenite()),
+    );
     let ws = match tokio::time::timeout(timeout, handshake).await {
         Err(_) => return Err(HandshakeTimeout::new(timeout).into()),
         Ok(Err(WsError::Http(response))) => {

@@ -16,10 +16,22 @@ pub(crate) struct Watched<IO> {
 }
 
 impl<IO> Watched<IO> {
+    /// `io` whose first bytes are frames (hyper has read the HTTP request already).
     pub(crate) fn new(io: IO) -> Self {
         Self {
             io,
             frames: FrameWatch::default(),
+        }
+    }
+
+    /// `io` that starts with an HTTP request or response: frames begin after its blank line.
+    pub(crate) fn after_http(io: IO) -> Self {
+        Self {
+            io,
+            frames: FrameWatch {
+                in_http: true,
+                ..FrameWatch::default()
+            },
         }
     }
 
@@ -79,6 +91,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
 /// count, and notes when a close frame (opcode 8) has been read whole. Garbage only makes it skip wrong amounts.
 #[derive(Debug, Default)]
 struct FrameWatch {
+    /// Still in the HTTP head of the handshake; `crlf` counts how much of its closing `\r\n\r\n` was seen.
+    in_http: bool,
+    crlf: u8,
     header: [u8; 14],
     have: usize,
     skip: u64,
@@ -89,6 +104,20 @@ struct FrameWatch {
 impl FrameWatch {
     fn scan(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
+            if self.in_http {
+                let byte = data[0];
+                data = &data[1..];
+                self.crlf = match (self.crlf, byte) {
+                    (0 | 2, b'\r') => self.crlf + 1,
+                    (1 | 3, b'\n') => self.crlf + 1,
+                    (_, b'\r') => 1,
+                    _ => 0,
+                };
+                if self.crlf == 4 {
+                    self.in_http = false;
+                }
+                continue;
+            }
             if self.skip > 0 {
                 let n = usize::try_from(self.skip).map_or(data.len(), |s| s.min(data.len()));
                 self.skip -= n as u64;
@@ -149,6 +178,20 @@ mod tests {
             assert!(!watch.close_seen);
         }
         watch.scan(&[*last]);
+        assert!(watch.close_seen);
+    }
+
+    #[test]
+    fn frames_begin_after_the_http_head() {
+        let mut watch = FrameWatch {
+            in_http: true,
+            ..FrameWatch::default()
+        };
+        // A request whose bytes would read as frames, then a close frame in the same chunk.
+        let mut bytes = b"GET /\r\r\nHost: x\r\n\r\n".to_vec();
+        bytes.extend_from_slice(&[0x88, 0x80, 1, 2, 3, 4]);
+        watch.scan(&bytes[..10]);
+        watch.scan(&bytes[10..]);
         assert!(watch.close_seen);
     }
 

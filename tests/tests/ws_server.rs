@@ -367,3 +367,46 @@ async fn ws_04_a_text_member_gets_group_messages_as_text() {
     let got = timeout(LIMIT, ws.next()).await.unwrap().unwrap().unwrap();
     assert_eq!(got, Message::text("tick"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn ws_02_the_server_ends_the_stream_as_soon_as_the_peers_close_reply_arrives() {
+    // A client that, like Python `websockets`, waits for the server's FIN after its close reply: the server must see
+    // that reply behind the rest of the refused message, not wait out its close timeout.
+    let close_timeout = Duration::from_secs(1000);
+    let config = AcceptConfig::new(
+        WsConfig::builder()
+            .heartbeat(None)
+            .max_message_size(1024)
+            .close_timeout(close_timeout)
+            .build()
+            .unwrap(),
+    );
+    let (a, b) = duplex(1 << 20);
+    let server = tokio::spawn(async move {
+        let (_member, mut incoming) = accept(b, &config).await.unwrap().split();
+        incoming.next().await
+    });
+    let (ws, _) = tokio_tungstenite::client_async("ws://test.invalid/", a)
+        .await
+        .unwrap();
+    let mut raw = ws.into_inner();
+    let start = tokio::time::Instant::now();
+    // A masked binary frame of 100 000 bytes, in two parts around the server's close.
+    let mut frame = vec![0x82, 0x80 | 127];
+    frame.extend_from_slice(&100_000u64.to_be_bytes());
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.extend(std::iter::repeat_n(0u8, 100_000));
+    raw.write_all(&frame[..5000]).await.unwrap();
+    let mut head = [0u8; 4];
+    raw.read_exact(&mut head).await.unwrap();
+    assert_eq!(u16::from_be_bytes([head[2], head[3]]), 1009);
+    raw.write_all(&frame[5000..]).await.unwrap();
+    raw.write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xF1])
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    raw.read_to_end(&mut rest).await.unwrap();
+    assert!(start.elapsed() < close_timeout, "{:?}", start.elapsed());
+    let err = server.await.unwrap().unwrap().unwrap_err();
+    assert!(err.is::<connman_ws::error::MessageTooBig>());
+}

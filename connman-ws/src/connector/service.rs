@@ -118,8 +118,11 @@ where
         WsConnectFuture::new(async move {
             let io = connect.await.map_err(Into::into)?;
             let timeout = config.handshake_timeout();
-            let handshake =
-                client_async_with_config(request, Watched::new(io), Some(config.tungstenite()));
+            let handshake = client_async_with_config(
+                request,
+                Watched::after_http(io),
+                Some(config.tungstenite()),
+            );
             match tokio::time::timeout(timeout, handshake).await {
                 Err(_) => Err(HandshakeTimeout::new(timeout).into()),
                 Ok(Err(err)) => Err(handshake_error(err)),
