@@ -17,6 +17,7 @@ pub(crate) struct Watched<IO> {
 
 impl<IO> Watched<IO> {
     /// `io` whose first bytes are frames (hyper has read the HTTP request already).
+    #[cfg(feature = "hyper")]
     pub(crate) fn new(io: IO) -> Self {
         Self {
             io,
