@@ -12,6 +12,7 @@
 //! those rows. The table is always printed; the file is written only to the path given with `--out` (which
 //! `cargo xtask bench` passes, pointing at the repository root, unless `--no-write` is given).
 
+mod b1_ws_broadcast;
 mod b3_queue;
 mod b4_outage;
 mod b5_restart;
@@ -111,6 +112,7 @@ impl Options {
 /// Every scenario, in the order of the table.
 fn scenarios() -> Vec<Scenario> {
     vec![
+        b1_ws_broadcast::SCENARIO,
         b5_restart::SCENARIO,
         b3_queue::SCENARIO,
         b4_outage::SCENARIO,
