@@ -13,6 +13,7 @@
 //! `cargo xtask bench` passes, pointing at the repository root, unless `--no-write` is given).
 
 mod b1_ws_broadcast;
+mod b2_ws_echo;
 mod b3_queue;
 mod b4_outage;
 mod b5_restart;
@@ -113,6 +114,7 @@ impl Options {
 fn scenarios() -> Vec<Scenario> {
     vec![
         b1_ws_broadcast::SCENARIO,
+        b2_ws_echo::SCENARIO,
         b5_restart::SCENARIO,
         b3_queue::SCENARIO,
         b4_outage::SCENARIO,
