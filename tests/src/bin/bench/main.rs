@@ -18,6 +18,7 @@ mod b3_queue;
 mod b4_outage;
 mod b5_restart;
 mod b6_registry;
+mod b7_ws_idle;
 mod b8_group;
 mod harness;
 mod report;
@@ -28,6 +29,16 @@ use std::process::ExitCode;
 use harness::{Mode, Row, Scenario};
 
 fn main() -> ExitCode {
+    // B7 runs this binary again as its server process.
+    if let Ok(spec) = std::env::var(b7_ws_idle::SERVER_ENV) {
+        return match b7_ws_idle::serve(&spec) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench: B7 server: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let options = match Options::parse(std::env::args().skip(1)) {
         Ok(options) => options,
         Err(message) => {
@@ -119,6 +130,7 @@ fn scenarios() -> Vec<Scenario> {
         b3_queue::SCENARIO,
         b4_outage::SCENARIO,
         b6_registry::SCENARIO,
+        b7_ws_idle::SCENARIO,
         b8_group::SCENARIO,
     ]
 }
