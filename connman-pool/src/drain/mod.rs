@@ -63,7 +63,7 @@
 //!   sequence, not the group's: await the [`Drain`] (it resolves when the last close is done), then close the
 //!   rest. No grace period has to be guessed.
 //! * **SS-05** (asking other nodes for their sockets, with partial data after a timeout) needs a broker between
-//!   nodes and is left for the multi-node work; a [`Remote`](crate::group::Remote) (`{id, namespace}`) is the
+//!   nodes and is left for the multi-node work; a [`Remote`] (`{id, namespace}`) is the
 //!   serialisable view it will use.
 //!
 //! [`DrainLayer`] puts the same signal in front of any tower service: once draining has begun it rejects new requests
