@@ -386,6 +386,51 @@ impl Group {
         summary
     }
 
+    /// Queues every message of `msgs`, in order, for every open member of `namespace` except the ids in `except`:
+    /// a burst. Each member's queue is taken once and its writer woken at most once for the whole burst, so a burst
+    /// of `k` messages costs `members` queue locks instead of `k × members`. The summary adds up what `k` calls of
+    /// [`Group::broadcast`] would say.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use connman_pool::group::{Frame, Group, channel};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let group = Group::new();
+    /// let (member, mut peer) = channel(16);
+    /// group.add("ticks", "a", member).unwrap();
+    /// let burst = [Bytes::from("1"), Bytes::from("2"), Bytes::from("3")];
+    /// assert_eq!(group.broadcast_many("ticks", &burst, &[]).delivered, 3);
+    /// for msg in burst {
+    ///     assert_eq!(peer.recv().await, Some(Frame::Message(msg)));
+    /// }
+    /// # }
+    /// ```
+    pub fn broadcast_many(
+        &self,
+        namespace: &str,
+        msgs: &[Bytes],
+        except: &[&str],
+    ) -> BroadcastSummary {
+        let mut summary = BroadcastSummary::default();
+        let Some(members) = self.members(namespace) else {
+            return summary;
+        };
+        let now = Instant::now();
+        for slot in members.iter() {
+            if except.contains(&slot.remote.id.as_str()) {
+                continue;
+            }
+            slot.push_many(msgs, now, &self.inner.config, |push| match push {
+                Push::Queued => summary.delivered += 1,
+                Push::Dropped => summary.dropped += 1,
+                Push::NotOpen => summary.skipped += 1,
+            });
+        }
+        summary
+    }
+
     /// Queues `msg` for one member, then closes it: the message goes out before the close.
     ///
     /// The close starts even if the message could not be queued (the error then says why, as for [`Group::send`]);

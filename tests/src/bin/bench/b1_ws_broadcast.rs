@@ -25,7 +25,8 @@ pub(crate) const SCENARIO: Scenario = Scenario {
     method: "One process, loopback TCP: N tokio-tungstenite clients each read in a task of their own and acknowledge \
              every complete burst; the server publishes bursts of 64 messages of 64 B, each burst complete at every \
              client before the next. **Ours**: `connman_ws::accept` + `split`, every member in one `Group` \
-             namespace, `Group::broadcast` per message (a writer task per member feeds its queue and flushes once). \
+             namespace, `Group::broadcast` per message (a writer task per member feeds its queue and flushes once), and \
+             in rows of their own `Group::broadcast_many` once per burst. \
              **Feed/flush peer**: `tokio_tungstenite::accept_async` with a `tokio::sync::broadcast<Bytes>` channel \
              and one task per client that feeds what the channel holds, then flushes once. **Naive peer**: the \
              publisher loops over the clients' sinks with `send().await` (a flush per message per client). Fresh \
@@ -45,15 +46,16 @@ fn run(mode: Mode) -> BenchResult<Vec<Row>> {
         for &clients in sizes {
             let bursts = mode.pick(5, 20);
             let mut feed = Pairs::default();
+            let mut feed_many = Pairs::default();
             let mut naive = Pairs::default();
             for _ in 0..mode.rounds() {
-                let o =
-                    tokio::time::timeout(bound, fan_out(Server::Group, clients, bursts)).await??;
-                let f = tokio::time::timeout(bound, fan_out(Server::FeedFlush, clients, bursts))
-                    .await??;
-                let n =
-                    tokio::time::timeout(bound, fan_out(Server::Naive, clients, bursts)).await??;
+                let run = |kind| tokio::time::timeout(bound, fan_out(kind, clients, bursts));
+                let o = run(Server::Group).await??;
+                let m = run(Server::GroupMany).await??;
+                let f = run(Server::FeedFlush).await??;
+                let n = run(Server::Naive).await??;
                 feed.push(o, f);
+                feed_many.push(m, f);
                 naive.push(o, n);
             }
             let vs_feed = Stats::of(&feed.ratios(Better::Higher));
@@ -68,6 +70,18 @@ fn run(mode: Mode) -> BenchResult<Vec<Row>> {
                 reference: String::new(),
                 target: "≥ 1.5×".to_owned(),
                 met: Some(vs_feed.is_some_and(|r| r.median >= 1.5)),
+            });
+            let many = Stats::of(&feed_many.ratios(Better::Higher));
+            rows.push(Row {
+                scenario: format!(
+                    "B1 bursts of 64 B to {clients} WS clients, one call per burst, vs feed/flush tasks"
+                ),
+                ours: format!("Group::broadcast_many: {}", fmt_rate(feed_many.ours_median())),
+                peer: format!("tokio broadcast + feed/flush: {}", fmt_rate(feed_many.peer_median())),
+                ratio: many,
+                reference: String::new(),
+                target: "≥ 1.5×".to_owned(),
+                met: Some(many.is_some_and(|r| r.median >= 1.5)),
             });
             let vs_naive = Stats::of(&naive.ratios(Better::Higher));
             rows.push(Row {
@@ -89,6 +103,7 @@ fn run(mode: Mode) -> BenchResult<Vec<Row>> {
 #[derive(Debug, Clone, Copy)]
 enum Server {
     Group,
+    GroupMany,
     FeedFlush,
     Naive,
 }
@@ -123,7 +138,7 @@ async fn fan_out(kind: Server, clients: usize, bursts: usize) -> BenchResult<f64
         tcp.set_nodelay(true)
             .map_err(|e| err("nodelay")(e.to_string()))?;
         match kind {
-            Server::Group => {
+            Server::Group | Server::GroupMany => {
                 let config = AcceptConfig::new(WsConfig::default()).namespace("bench");
                 let conn = accept(tcp, &config)
                     .await
@@ -154,8 +169,15 @@ async fn fan_out(kind: Server, clients: usize, bursts: usize) -> BenchResult<f64
         readers.spawn(count(ws, bursts, ack_tx.clone()));
     }
     let msg = Bytes::from_static(&[0x2a; 64]);
+    let burst = vec![msg.clone(); BURST];
     let started = Instant::now();
     for _ in 0..bursts {
+        if let Server::GroupMany = kind {
+            let summary = group.broadcast_many("bench", &burst, &[]);
+            if summary.delivered != clients * BURST {
+                return Err(BenchError::new("a burst missed some clients"));
+            }
+        }
         for _ in 0..BURST {
             match kind {
                 Server::Group => {
@@ -167,6 +189,7 @@ async fn fan_out(kind: Server, clients: usize, bursts: usize) -> BenchResult<f64
                         )));
                     }
                 }
+                Server::GroupMany => break,
                 Server::FeedFlush => {
                     tx.send(msg.clone())
                         .map_err(|_| BenchError::new("every subscriber is gone"))?;
