@@ -23,7 +23,7 @@
 //!     let group = group.clone();
 //!     move || group.is_draining()
 //! });
-//! let listener = TcpListener::bind("127.0.0.1:8080").await?;
+//! let listener = TcpListener::bind("127.0.0.1:0").await?;
 //! loop {
 //!     let (tcp, _) = listener.accept().await?;
 //!     let (group, config) = (group.clone(), config.clone());
