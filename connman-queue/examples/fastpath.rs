@@ -51,7 +51,7 @@ fn main() {
     rt.block_on(async {
         let echo = service_fn(|n: u64| async move { Ok::<_, BoxError>(n) });
         for callers in CALLERS {
-            let queue = drive(QueueLayer::new().layer(echo), callers).await;
+            let queue = drive(QueueLayer::default().layer(echo), callers).await;
             let buffer = drive(tower::buffer::Buffer::new(echo, 1024), callers).await;
             println!(
                 "{callers:>3} caller(s): queue {:>6} ns/request, buffer {:>6} ns/request, {:.1}x",

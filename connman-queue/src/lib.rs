@@ -47,7 +47,7 @@
 //! use connman_core::error::BoxError;
 //! use connman_queue::heartbeat::{HeartbeatConfig, HeartbeatLayer};
 //! use connman_queue::queue::QueueLayer;
-//! use connman_queue::reconnect::ReconnectLayer;
+//! use connman_queue::reconnect::{ReconnectConfig, ReconnectLayer};
 //! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 //!
 //! /// Re-authenticates on every new connection before queued requests go out (upnode's `conn.emit('up', obj)`).
@@ -66,10 +66,11 @@
 //!     let conn = service_fn(|req: String| async move { Ok::<_, BoxError>(req.to_uppercase()) });
 //!     Ok::<_, BoxError>(conn)
 //! });
-//! let reconnect = ReconnectLayer::new("127.0.0.1:7000").backoff(presets::upnode()).on_up(auth);
+//! let config = ReconnectConfig::builder("127.0.0.1:7000").backoff(presets::upnode()).on_up(auth).build()?;
+//! let reconnect = ReconnectLayer::new(config);
 //! let state = reconnect.state();
 //! let service = ServiceBuilder::new()
-//!     .layer(QueueLayer::new())
+//!     .layer(QueueLayer::default())
 //!     .layer(reconnect)
 //!     .layer(HeartbeatLayer::new(HeartbeatConfig::default(), || "ping".to_string()))
 //!     .service(connector);

@@ -10,6 +10,7 @@ use std::time::Duration;
 use connman_core::backoff::{Constant, presets};
 use connman_core::error::{BoxError, Closed, Elapsed};
 use connman_core::lifecycle::{Event, FailureKind, State};
+use connman_queue::reconnect::ReconnectConfig;
 use connman_queue::reconnect::{FatalConnect, GaveUp, Reconnect, ReconnectLayer};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
@@ -52,7 +53,12 @@ async fn accept(mk: &mut MakerHandle) -> ConnHandle {
 #[tokio::test(start_paused = true)]
 async fn schedule_to_the_instant_and_no_request_fails_for_a_failed_attempt() {
     let (mk, mut mk_handle) = maker();
-    let layer = ReconnectLayer::new("peer").backoff(presets::connman());
+    let layer = ReconnectLayer::new(
+        ReconnectConfig::builder("peer")
+            .backoff(presets::connman())
+            .build()
+            .expect("valid reconnect config"),
+    );
     let rc = layer.layer(mk);
     let start = Instant::now();
     let call = tokio::spawn(rc.oneshot("hello"));
@@ -76,9 +82,13 @@ async fn schedule_to_the_instant_and_no_request_fails_for_a_failed_attempt() {
 #[tokio::test(start_paused = true)]
 async fn reset_after_stable_connection() {
     let (mk, mut mk_handle) = maker();
-    let mut rc = ReconnectLayer::new("peer")
-        .backoff(presets::connman())
-        .layer(mk);
+    let mut rc = ReconnectLayer::new(
+        ReconnectConfig::builder("peer")
+            .backoff(presets::connman())
+            .build()
+            .expect("valid reconnect config"),
+    )
+    .layer(mk);
     let start = Instant::now();
     let first = tokio::spawn(async move { ready(&mut rc).await.map(|()| rc) });
     for _ in 0..2 {
@@ -126,9 +136,13 @@ async fn no_hot_loop_when_inner_poll_ready_fails() {
         c.fetch_add(1, Ordering::SeqCst);
         async { Ok::<_, BoxError>(Broken) }
     });
-    let mut rc = ReconnectLayer::new("peer")
-        .backoff(Constant::new(ms(100)))
-        .layer(mk);
+    let mut rc = ReconnectLayer::new(
+        ReconnectConfig::builder("peer")
+            .backoff(Constant::new(ms(100)))
+            .build()
+            .expect("valid reconnect config"),
+    )
+    .layer(mk);
     let mut rx = rc.subscribe();
     let waited = tokio::time::timeout(
         Duration::from_secs(1),
@@ -169,7 +183,11 @@ async fn up_17_close_while_connecting_cancels_the_connect() {
     let dropped = Arc::new(AtomicBool::new(false));
     let d = dropped.clone();
     let mk = tower::service_fn(move |_: &'static str| Hanging(d.clone()));
-    let layer = ReconnectLayer::new("peer");
+    let layer = ReconnectLayer::new(
+        ReconnectConfig::builder("peer")
+            .build()
+            .expect("valid reconnect config"),
+    );
     let close = layer.close_handle();
     let mut state = layer.state();
     let rc = layer.layer(mk);
@@ -198,7 +216,12 @@ async fn up_18_close_during_backoff_cancels_the_timer() {
         c.fetch_add(1, Ordering::SeqCst);
         async { Err::<Conn, BoxError>("refused".into()) }
     });
-    let layer = ReconnectLayer::new("peer").backoff(Constant::new(Duration::from_secs(1)));
+    let layer = ReconnectLayer::new(
+        ReconnectConfig::builder("peer")
+            .backoff(Constant::new(Duration::from_secs(1)))
+            .build()
+            .expect("valid reconnect config"),
+    );
     let mut rx = layer.subscribe();
     let mut state = layer.state();
     let close = layer.close_handle();
@@ -226,7 +249,12 @@ async fn up_18_close_during_backoff_cancels_the_timer() {
 #[tokio::test(start_paused = true)]
 async fn up_12_up_13_link_loss_once_and_reconnect_events() {
     let (mk, mut mk_handle) = maker();
-    let layer = ReconnectLayer::new("peer").backoff(Constant::new(ms(10)));
+    let layer = ReconnectLayer::new(
+        ReconnectConfig::builder("peer")
+            .backoff(Constant::new(ms(10)))
+            .build()
+            .expect("valid reconnect config"),
+    );
     let mut rx = layer.subscribe();
     let mut rc = layer.layer(mk);
     let driver = tokio::spawn(async move {
@@ -264,7 +292,11 @@ async fn up_12_up_13_link_loss_once_and_reconnect_events() {
 #[tokio::test(start_paused = true)]
 async fn up_07_one_up_per_connection() {
     let (mk, mut mk_handle) = maker();
-    let layer = ReconnectLayer::new("peer");
+    let layer = ReconnectLayer::new(
+        ReconnectConfig::builder("peer")
+            .build()
+            .expect("valid reconnect config"),
+    );
     let mut rx = layer.subscribe();
     let mut rc = layer.layer(mk);
     let driver = tokio::spawn(async move {
@@ -291,7 +323,13 @@ async fn up_05_up_06_hook_runs_before_requests() {
         conn.ready().await?.call("auth moo hax").await?;
         Ok::<_, BoxError>(conn)
     };
-    let rc = ReconnectLayer::new("peer").on_up(hook).layer(mk);
+    let rc = ReconnectLayer::new(
+        ReconnectConfig::builder("peer")
+            .on_up(hook)
+            .build()
+            .expect("valid reconnect config"),
+    )
+    .layer(mk);
     let call = tokio::spawn(rc.oneshot("beep"));
     let mut conn = accept(&mut mk_handle).await;
     let (req, send) = conn.next_request().await.expect("auth");
@@ -321,11 +359,14 @@ async fn up_08_hook_timeout_fails_the_attempt() {
             Ok::<_, BoxError>(conn)
         }
     };
-    let layer = ReconnectLayer::new("peer")
-        .backoff(Constant::new(ms(100)))
-        .on_up(hook)
-        .hook_timeout(Duration::from_secs(1))
-        .expect("timeout");
+    let layer = ReconnectLayer::new(
+        ReconnectConfig::builder("peer")
+            .backoff(Constant::new(ms(100)))
+            .on_up(hook)
+            .hook_timeout(Duration::from_secs(1))
+            .build()
+            .expect("valid reconnect config"),
+    );
     let mut rx = layer.subscribe();
     let rc = layer.layer(mk);
     let start = Instant::now();
@@ -344,25 +385,28 @@ async fn up_08_hook_timeout_fails_the_attempt() {
         })
         .expect("a failed attempt");
     assert!(failed.is::<Elapsed>());
-    assert!(
-        ReconnectLayer::new(())
-            .hook_timeout(Duration::ZERO)
-            .is_err()
-    );
+    let zero = ReconnectConfig::builder(())
+        .hook_timeout(Duration::ZERO)
+        .build();
+    assert!(zero.is_err());
 }
 
 #[tokio::test(start_paused = true)]
 async fn fatal_failure_fails_for_good() {
     let (mk, mut mk_handle) = maker();
-    let mut rc = ReconnectLayer::new("peer")
-        .classify(|e: &BoxError| {
-            if e.to_string() == "access denied" {
-                FailureKind::Fatal
-            } else {
-                FailureKind::Retriable
-            }
-        })
-        .layer(mk);
+    let mut rc = ReconnectLayer::new(
+        ReconnectConfig::builder("peer")
+            .classify(|e: &BoxError| {
+                if e.to_string() == "access denied" {
+                    FailureKind::Fatal
+                } else {
+                    FailureKind::Retriable
+                }
+            })
+            .build()
+            .expect("valid reconnect config"),
+    )
+    .layer(mk);
     let (ready, _) = tokio::join!(
         poll_fn(|cx| Service::<&'static str>::poll_ready(&mut rc, cx)),
         async {
@@ -382,7 +426,13 @@ async fn give_up_fails_for_good() {
     let backoff = Constant::new(ms(10))
         .with_max_attempts(2)
         .expect("attempts");
-    let mut rc = ReconnectLayer::new("peer").backoff(backoff).layer(mk);
+    let mut rc = ReconnectLayer::new(
+        ReconnectConfig::builder("peer")
+            .backoff(backoff)
+            .build()
+            .expect("valid reconnect config"),
+    )
+    .layer(mk);
     let err = poll_fn(|cx| Service::<&'static str>::poll_ready(&mut rc, cx))
         .await
         .expect_err("gave up");
@@ -394,7 +444,11 @@ async fn give_up_fails_for_good() {
 #[tokio::test(start_paused = true)]
 async fn up_15_close_while_up() {
     let (mk, mut mk_handle) = maker();
-    let layer = ReconnectLayer::new("peer");
+    let layer = ReconnectLayer::new(
+        ReconnectConfig::builder("peer")
+            .build()
+            .expect("valid reconnect config"),
+    );
     let mut rx = layer.subscribe();
     let mut rc = layer.layer(mk);
     let (ready, mut conn) = tokio::join!(
@@ -424,6 +478,6 @@ async fn reconnect_new_serves_requests() {
             Ok::<_, BoxError>(n + 1)
         }))
     });
-    let rc = Reconnect::new(mk, "peer");
+    let rc = Reconnect::new(mk, ReconnectConfig::new("peer"));
     assert_eq!(rc.oneshot(1).await.expect("ok"), 2);
 }

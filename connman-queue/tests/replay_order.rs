@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use connman_core::backoff::Constant;
 use connman_core::error::BoxError;
+use connman_queue::reconnect::ReconnectConfig;
 use connman_queue::reconnect::{DEFAULT_SETTLE_TIMEOUT, Reconnect, ReconnectLayer};
 use tokio_test::{assert_pending, assert_ready_ok, task};
 use tower::{Layer, Service};
@@ -64,9 +65,13 @@ impl Service<()> for Make {
 }
 
 fn reconnect(make: Make) -> Reconnect<Make, ()> {
-    ReconnectLayer::new(())
-        .backoff(Constant::new(Duration::from_millis(1)))
-        .layer(make)
+    ReconnectLayer::new(
+        ReconnectConfig::builder(())
+            .backoff(Constant::new(Duration::from_millis(1)))
+            .build()
+            .expect("valid reconnect config"),
+    )
+    .layer(make)
 }
 
 async fn ready(svc: &mut Reconnect<Make, ()>) {
@@ -140,9 +145,8 @@ async fn no_wait_when_the_lost_connection_had_no_open_calls() {
 
 #[test]
 fn a_zero_settle_timeout_is_rejected() {
-    assert!(
-        ReconnectLayer::new(())
-            .settle_timeout(Duration::ZERO)
-            .is_err()
-    );
+    let zero = ReconnectConfig::builder(())
+        .settle_timeout(Duration::ZERO)
+        .build();
+    assert!(zero.is_err());
 }

@@ -29,7 +29,9 @@ use connman_core::backoff::{Constant, presets};
 use connman_core::error::{BoxError, MaybeDelivered, NotSent};
 use connman_core::lifecycle::Event;
 use connman_queue::heartbeat::{HeartbeatConfig, HeartbeatEvent, HeartbeatLayer, MakeHeartbeat};
+use connman_queue::queue::QueueConfig;
 use connman_queue::queue::{CallOptions, Queue, QueueHandle, QueueLayer};
+use connman_queue::reconnect::ReconnectConfig;
 use connman_queue::reconnect::{Reconnect, ReconnectLayer};
 use connman_tcp::TcpConnector;
 use connman_tcp::pipeline::{Pipeline, PipelineConnector, PipelineError};
@@ -101,22 +103,31 @@ const QUEUE_MAX_WEIGHT: usize = 64 * 1024;
 
 /// The queue settings of the chaos stacks.
 fn queue_layer() -> QueueLayer<String> {
-    QueueLayer::new()
+    let config = QueueConfig::builder()
         .capacity(QUEUE_CAPACITY)
-        .and_then(|l| l.max_weight(QUEUE_MAX_WEIGHT))
-        .and_then(|l| l.max_wait(Duration::from_secs(10)))
-        .expect("valid queue settings")
+        .max_weight(QUEUE_MAX_WEIGHT)
+        .max_wait(Duration::from_secs(10))
         .weigh(String::len)
+        .build();
+    QueueLayer::new(config.expect("valid queue settings"))
 }
 
 /// One full stack to `addr`, with the receiver of its heartbeat events.
 fn stack(addr: SocketAddr) -> (Stack, broadcast::Receiver<HeartbeatEvent>) {
-    let config = HeartbeatConfig::new(ms(120), ms(60)).expect("valid heartbeat");
+    let config = HeartbeatConfig::builder()
+        .interval(ms(120))
+        .timeout(ms(60))
+        .build()
+        .expect("valid heartbeat");
     let heartbeat = HeartbeatLayer::new(config, ping as fn() -> String);
     let beats = heartbeat.subscribe();
-    let link = ReconnectLayer::new(addr)
-        .backoff(Constant::new(ms(5)))
-        .layer(heartbeat.layer(make()));
+    let link = ReconnectLayer::new(
+        ReconnectConfig::builder(addr)
+            .backoff(Constant::new(ms(5)))
+            .build()
+            .expect("valid reconnect config"),
+    )
+    .layer(heartbeat.layer(make()));
     (queue_layer().layer(link), beats)
 }
 
@@ -591,7 +602,12 @@ async fn chaos_idempotent_requests_are_replayed_at_least_once() {
     let handle = proxy.handle().clone();
 
     let body = async {
-        let reconnect = ReconnectLayer::new(proxy.addr()).backoff(Constant::new(ms(5)));
+        let reconnect = ReconnectLayer::new(
+            ReconnectConfig::builder(proxy.addr())
+                .backoff(Constant::new(ms(5)))
+                .build()
+                .expect("valid reconnect config"),
+        );
         let mut events = reconnect.subscribe();
         let dispatches = Dispatches::default();
         let (log, seen) = (client_log.clone(), dispatches.clone());
@@ -879,10 +895,14 @@ async fn up_24_queued_calls_survive_a_server_that_drops_every_connection() {
             LinesCodec::new_with_max_length(MAX_LINE),
         );
         // upnode reconnects after a fixed second.
-        let link = ReconnectLayer::new(server.addr())
-            .backoff(presets::upnode())
-            .layer(make);
-        let mut svc = QueueLayer::new().layer(link);
+        let link = ReconnectLayer::new(
+            ReconnectConfig::builder(server.addr())
+                .backoff(presets::upnode())
+                .build()
+                .expect("valid reconnect config"),
+        )
+        .layer(make);
+        let mut svc = QueueLayer::default().layer(link);
         let start = tokio::time::Instant::now();
         ServiceExt::<String>::ready(&mut svc).await.unwrap();
         assert_eq!(svc.call("first".to_owned()).await.unwrap(), "first");

@@ -4,40 +4,15 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
-use connman_core::error::{BoxError, SharedError};
+use connman_core::error::BoxError;
 use pin_project::pin_project;
 use tokio::sync::broadcast;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::config::HeartbeatConfig;
-use super::service::Heartbeat;
-
-/// How many heartbeat events a slow subscriber may fall behind before it loses the oldest.
-pub const EVENT_CAPACITY: usize = 64;
-
-/// What the heartbeat saw.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum HeartbeatEvent {
-    /// A ping was answered (upnode's `ping` event with the round trip time).
-    Pong {
-        /// The round trip time.
-        rtt: Duration,
-    },
-    /// A ping got no answer in time; the link is taken for dead.
-    TimedOut {
-        /// The timeout that passed.
-        timeout: Duration,
-    },
-    /// A ping failed (UP-10); the link is taken for dead.
-    Failed {
-        /// Why.
-        error: SharedError,
-    },
-}
+use super::service::{Heartbeat, HeartbeatEvent};
 
 /// Pings every connection made by the make service it wraps; see the [module docs](super).
 ///
@@ -59,7 +34,7 @@ pub struct HeartbeatLayer<P> {
 impl<P> HeartbeatLayer<P> {
     /// Pings with `ping()` on the schedule of `config`.
     pub fn new(config: HeartbeatConfig, ping: P) -> Self {
-        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let (events, _) = broadcast::channel(super::service::EVENT_CAPACITY);
         Self {
             config,
             ping,

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use connman_core::error::{BoxError, LinkLost, MaybeDelivered, SharedError};
 use pin_project::pin_project;
@@ -15,7 +16,30 @@ use tower_service::Service;
 
 use super::config::HeartbeatConfig;
 use super::error::{PingFailed, PingTimeout};
-use super::layer::HeartbeatEvent;
+
+/// How many heartbeat events a slow subscriber may fall behind before it loses the oldest.
+pub const EVENT_CAPACITY: usize = 64;
+
+/// What the heartbeat saw.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum HeartbeatEvent {
+    /// A ping was answered (upnode's `ping` event with the round trip time).
+    Pong {
+        /// The round trip time.
+        rtt: Duration,
+    },
+    /// A ping got no answer in time; the link is taken for dead.
+    TimedOut {
+        /// The timeout that passed.
+        timeout: Duration,
+    },
+    /// A ping failed (UP-10); the link is taken for dead.
+    Failed {
+        /// Why.
+        error: SharedError,
+    },
+}
 
 /// A connection that is pinged on a schedule; once a ping fails or times out, the link is dead: `poll_ready` fails
 /// with [`LinkLost`] (so a `Reconnect` above replaces the connection) and requests in flight fail with

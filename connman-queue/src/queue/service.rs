@@ -8,11 +8,12 @@ use std::time::Duration;
 use connman_core::error::{BoxError, Overloaded};
 use tower_service::Service;
 
+use super::config::QueueConfig;
 use super::error::NotReady;
 use super::future::{ResponseFuture, Ticket};
-use super::layer::QueueLayer;
 use super::shared::{self, Shared, Submitted};
 use super::slots::Taken;
+use super::stats::QueueStats;
 
 /// Requests wait here while the link is down and go out in order once it is up. See the [module docs](super).
 ///
@@ -31,7 +32,7 @@ use super::slots::Taken;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), BoxError> {
 /// let echo = service_fn(|req: &'static str| async move { Ok::<_, BoxError>(req) });
-/// let mut queue = QueueLayer::new().layer(echo);
+/// let mut queue = QueueLayer::default().layer(echo);
 ///
 /// // Up and nothing waiting: the request goes straight through.
 /// assert_eq!(queue.ready().await?.call_with("hi", CallOptions::new().idempotent()).await?, "hi");
@@ -86,32 +87,6 @@ impl CallOptions {
         self.deadline = Some(deadline);
         self
     }
-}
-
-/// A snapshot of a queue's gauges and counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct QueueStats {
-    /// Requests waiting in the queue now.
-    pub len: usize,
-    /// Total weight of the requests the queue is responsible for now.
-    pub weight: usize,
-    /// Requests sent at once on the fast path.
-    pub direct: u64,
-    /// Requests that had to wait in the queue.
-    pub queued: u64,
-    /// Replays after a failure that proved the request unsent (or of an idempotent request).
-    pub replayed: u64,
-    /// Requests that failed with `MaybeDelivered`.
-    pub maybe_delivered: u64,
-    /// Requests that failed with `Elapsed` while queued.
-    pub expired: u64,
-    /// Requests dropped by their caller while queued (never sent).
-    pub cancelled: u64,
-    /// Requests rejected with `Overloaded`.
-    pub overloaded: u64,
-    /// Whether the queue is closed or its inner service failed for good.
-    pub closed: bool,
 }
 
 /// A handle to close a queue and read its counters, whatever its service and request types.
@@ -179,13 +154,13 @@ where
     S::Error: Into<BoxError>,
     Req: Clone + Send + 'static,
 {
-    /// Puts a queue with the settings of `layer` in front of `service`.
+    /// Puts a queue with `config` in front of `service`.
     ///
     /// # Panics
     ///
     /// Outside a tokio runtime: the queue spawns a small worker task, as `tower::buffer::Buffer` does.
-    pub fn new(service: S, layer: &QueueLayer<Req>) -> Self {
-        let shared = Arc::new(Shared::new(service, layer));
+    pub fn new(service: S, config: QueueConfig<Req>) -> Self {
+        let shared = Arc::new(Shared::new(service, &config));
         tokio::spawn(shared::run(Arc::downgrade(&shared), shared.notify.clone()));
         Self::from_shared(shared)
     }
@@ -370,7 +345,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn unit_weight_gauge_counts_requests_called_and_not_answered() {
         let (service, mut handle) = mock::pair::<&'static str, &'static str>();
-        let mut queue = Queue::new(service, &QueueLayer::new());
+        let mut queue = Queue::new(service, QueueConfig::default());
         assert!(queue.shared.unit_weight);
         handle.allow(0);
         ready(&mut queue).await;
@@ -410,8 +385,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_binding_weight_bound_is_still_enforced_with_unit_weights() {
         let (service, mut handle) = mock::pair::<&'static str, &'static str>();
-        let layer = QueueLayer::new().max_weight(1).expect("weight");
-        let mut queue = Queue::new(service, &layer);
+        let config = QueueConfig::builder()
+            .max_weight(1)
+            .build()
+            .expect("weight");
+        let mut queue = Queue::new(service, config);
         assert!(!queue.shared.unit_weight);
         handle.allow(0);
         ready(&mut queue).await;
@@ -448,8 +426,11 @@ mod tests {
             }
         });
         rt.block_on(async {
-            let layer = QueueLayer::new().capacity(CAPACITY).expect("capacity");
-            let queue = Queue::new(service, &layer);
+            let config = QueueConfig::builder()
+                .capacity(CAPACITY)
+                .build()
+                .expect("capacity");
+            let queue = Queue::new(service, config);
             let callers: Vec<_> = (0..32u64)
                 .map(|caller| {
                     let mut queue = queue.clone();

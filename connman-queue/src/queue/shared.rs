@@ -13,10 +13,10 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use tower_service::Service;
 
+use super::config::{QueueConfig, Weigher};
 use super::error::ServiceFailed;
-use super::layer::Weigher;
-use super::service::QueueStats;
 use super::slots::Slots;
+use super::stats::QueueStats;
 
 pub(crate) struct Shared<S: Service<Req>, Req> {
     inner: Mutex<Inner<S, Req>>,
@@ -112,7 +112,7 @@ where
     S::Error: Into<BoxError>,
     Req: Clone,
 {
-    pub(crate) fn new(service: S, layer: &super::QueueLayer<Req>) -> Self {
+    pub(crate) fn new(service: S, layer: &QueueConfig<Req>) -> Self {
         let slots = Slots::new(
             layer.capacity,
             layer.unit_weight && layer.max_weight >= layer.capacity,

@@ -15,10 +15,11 @@ use tokio::time::{Sleep, Timeout};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower_service::Service;
 
+use super::config::{BoxBackoff, Classifier, ReconnectConfig};
 use super::error::{FatalConnect, GaveUp};
 use super::future::{Calls, ResponseFuture};
+use super::handle::CloseHandle;
 use super::hook::{Identity, OnUp};
-use super::layer::{BoxBackoff, Classifier, CloseHandle, ReconnectLayer};
 
 /// A service that keeps a connection made by a make service `M` up, and serves requests through it.
 ///
@@ -30,7 +31,7 @@ use super::layer::{BoxBackoff, Classifier, CloseHandle, ReconnectLayer};
 /// yielding to the scheduler every few attempts rather than spinning inside one `poll_ready`.
 ///
 /// ```
-/// use connman_queue::reconnect::Reconnect;
+/// use connman_queue::reconnect::{Reconnect, ReconnectConfig};
 /// use tower::{ServiceExt, service_fn};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
@@ -39,7 +40,7 @@ use super::layer::{BoxBackoff, Classifier, CloseHandle, ReconnectLayer};
 /// let connect = service_fn(|_addr: &'static str| async {
 ///     Ok::<_, std::io::Error>(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n * 2) }))
 /// });
-/// let reconnect = Reconnect::new(connect, "127.0.0.1:7000");
+/// let reconnect = Reconnect::new(connect, ReconnectConfig::new("127.0.0.1:7000"));
 /// assert_eq!(reconnect.oneshot(21).await?, 42);
 /// # Ok(()) }
 /// ```
@@ -87,10 +88,6 @@ where
     M: Service<Target>,
     Target: Clone,
 {
-    /// Reconnects to `target` through `mk` with the defaults of [`ReconnectLayer::new`].
-    pub fn new(mk: M, target: Target) -> Self {
-        Self::from_layer(mk, ReconnectLayer::new(target))
-    }
 }
 
 impl<M, Target, H> Reconnect<M, Target, H>
@@ -98,7 +95,8 @@ where
     M: Service<Target>,
     H: OnUp<M::Response>,
 {
-    pub(crate) fn from_layer(mk: M, layer: ReconnectLayer<Target, H>) -> Self {
+    /// Reconnects through `mk` with `config` (and its shared state watch, events and close handle).
+    pub fn new(mk: M, layer: ReconnectConfig<Target, H>) -> Self {
         let lifecycle = Lifecycle::with_config((layer.backoff)(), layer.config);
         Self {
             mk,

@@ -5,7 +5,7 @@ use std::future::{Ready, ready};
 use std::hint::black_box;
 use std::time::Duration;
 
-use connman_queue::queue::{Queue, QueueLayer};
+use connman_queue::queue::{Queue, QueueConfig};
 use tower::buffer::Buffer;
 use tower::util::ServiceFn;
 use tower::{Service, ServiceExt, service_fn};
@@ -82,7 +82,7 @@ fn run(mode: Mode) -> BenchResult<Vec<Row>> {
 
 /// Ours: a `Queue` with the default settings over the no-op service; it must be made inside the runtime.
 fn ours() -> Queue<Noop, u64> {
-    Queue::new(noop(), &QueueLayer::new())
+    Queue::new(noop(), QueueConfig::default())
 }
 
 /// `tower::buffer::Buffer` with bound 1024 over the no-op service; it must be made inside the runtime.
