@@ -152,7 +152,7 @@ async fn run_client<S>(
     issued_total: Arc<AtomicU64>,
 ) -> u64
 where
-    S: Service<String, Response = String> + Send + 'static,
+    S: Service<String, Response = String> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
 {

@@ -12,7 +12,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::config::HeartbeatConfig;
-use super::service::{Heartbeat, HeartbeatEvent};
+use super::service::{Beats, Heartbeat, HeartbeatEvent, HeartbeatStats};
 
 /// Pings every connection made by the make service it wraps; see the [module docs](super).
 ///
@@ -28,23 +28,27 @@ use super::service::{Heartbeat, HeartbeatEvent};
 pub struct HeartbeatLayer<P> {
     pub(crate) config: HeartbeatConfig,
     pub(crate) ping: P,
-    pub(crate) events: broadcast::Sender<HeartbeatEvent>,
+    pub(crate) events: Beats,
 }
 
 impl<P> HeartbeatLayer<P> {
     /// Pings with `ping()` on the schedule of `config`.
     pub fn new(config: HeartbeatConfig, ping: P) -> Self {
-        let (events, _) = broadcast::channel(super::service::EVENT_CAPACITY);
         Self {
             config,
             ping,
-            events,
+            events: Beats::new(),
         }
     }
 
     /// The heartbeat events of every connection of this layer, from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<HeartbeatEvent> {
-        self.events.subscribe()
+        self.events.events.subscribe()
+    }
+
+    /// Lossless counts of every connection's heartbeat so far: pongs, and deaths (timeouts, failures).
+    pub fn stats(&self) -> HeartbeatStats {
+        self.events.stats()
     }
 
     /// The schedule.

@@ -8,4 +8,4 @@ mod service;
 pub use config::{DEFAULT_INTERVAL, DEFAULT_TIMEOUT, HeartbeatBuilder, HeartbeatConfig};
 pub use error::{PingFailed, PingTimeout};
 pub use layer::{HeartbeatLayer, MakeFuture, MakeHeartbeat};
-pub use service::{EVENT_CAPACITY, Heartbeat, HeartbeatEvent, ResponseFuture};
+pub use service::{EVENT_CAPACITY, Heartbeat, HeartbeatEvent, HeartbeatStats, ResponseFuture};

@@ -204,8 +204,8 @@ impl<Req> QueueBuilder<Req> {
                 "queue capacity must be greater than zero",
             ));
         }
-        // The bound of tokio's semaphore, which holds the capacity.
-        if c.capacity > tokio::sync::Semaphore::MAX_PERMITS {
+        // What one handle can count of the capacity (2^31 - 1), below the bound of tokio's semaphore that holds it.
+        if c.capacity > super::local::MAX_CAPACITY {
             return Err(InvalidConfig::new("queue capacity is too large"));
         }
         if c.max_weight == 0 {

@@ -4,9 +4,9 @@ mod config;
 mod error;
 mod future;
 mod layer;
+mod local;
 mod service;
 mod shared;
-mod slots;
 mod stats;
 
 pub use config::{

@@ -2,17 +2,20 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use connman_core::error::{BoxError, Overloaded};
+use tokio::sync::TryAcquireError;
+use tokio_util::sync::PollSemaphore;
 use tower_service::Service;
 
 use super::config::QueueConfig;
 use super::error::NotReady;
 use super::future::{ResponseFuture, Ticket};
-use super::shared::{self, Shared, Submitted};
-use super::slots::Taken;
+use super::local::HandleState;
+use super::shared::{self, Place, Shared, Submitted};
 use super::stats::QueueStats;
 
 /// Requests wait here while the link is down and go out in order once it is up. See the [module docs](super).
@@ -21,7 +24,11 @@ use super::stats::QueueStats;
 /// `poll_ready`. Requests must be `Clone`: a request stays with the queue until it is answered, so that one that was
 /// not sent can be replayed.
 ///
-/// The inner service's `poll_ready` and `call` run under the queue's lock, so they must be quick and must not call
+/// While the service below is ready and nothing waits, a request takes the fast path: each handle sends through its
+/// own clone of the service below (so it must be `Clone`, as `Reconnect` and pipelined clients are) and writes only
+/// to words of its own: one read of the queue's gate word, a permit from the capacity the handle holds (taken from the
+/// queue's semaphore in batches), and its own counters. The slow path (a request that has to wait, a replay) takes
+/// the queue's lock; there the service's `poll_ready` and `call` run under it, so they must be quick and must not call
 /// back into the queue (tower services never block there; the response future is polled outside the lock).
 ///
 /// ```
@@ -45,10 +52,15 @@ use super::stats::QueueStats;
 /// ```
 pub struct Queue<S: tower_service::Service<Req>, Req> {
     shared: Arc<Shared<S, Req>>,
-    /// A slot reserved by `poll_ready` for the next `call`.
-    reserved: bool,
-    /// The handle's place in the line of handles waiting for a slot.
-    place: Option<u64>,
+    /// This handle's share of the capacity, shared with its response futures.
+    state: Arc<HandleState<S, Req>>,
+    /// This handle's own clone of the service below, for the fast path.
+    svc: Option<S>,
+    /// Numbers this handle's requests sent while the gate is open.
+    next: u64,
+    /// The handle's place in the line for capacity, while it waits.
+    waiter: Option<PollSemaphore>,
+    waiting: bool,
     overloaded: bool,
 }
 
@@ -181,10 +193,19 @@ where
 {
     fn from_shared(shared: Arc<Shared<S, Req>>) -> Self {
         Self {
+            state: Arc::new(HandleState::new(shared.clone())),
             shared,
-            reserved: false,
-            place: None,
+            svc: None,
+            next: 0,
+            waiter: None,
+            waiting: false,
             overloaded: false,
+        }
+    }
+
+    fn stop_waiting(&mut self) {
+        if std::mem::take(&mut self.waiting) {
+            self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -199,47 +220,92 @@ where
     }
 
     /// Sends `req` with per-request options, after a successful `poll_ready`.
-    pub fn call_with(&mut self, req: Req, options: CallOptions) -> ResponseFuture<S, Req> {
-        let shared = self.shared.clone();
+    pub fn call_with(&mut self, req: Req, options: CallOptions) -> ResponseFuture<S, Req>
+    where
+        S: Clone,
+    {
+        let state = &self.state;
+        let shared = &self.shared;
         if std::mem::take(&mut self.overloaded) {
-            shared
-                .counters
-                .overloaded
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return ResponseFuture::failed(shared, Overloaded::new().into());
+            shared.counters.overloaded.fetch_add(1, Ordering::Relaxed);
+            return ResponseFuture::failed(state.clone(), Overloaded::new().into());
         }
-        if !std::mem::take(&mut self.reserved) {
-            return ResponseFuture::failed(shared, NotReady::new().into());
+        if !state.is_reserved() {
+            return ResponseFuture::failed(state.clone(), NotReady::new().into());
         }
-        let weight = if shared.unit_weight {
-            1
-        } else {
-            let weight = (shared.weigh)(&req);
-            if !shared.reserve_weight(weight) {
-                shared.release_slot();
-                shared
-                    .counters
-                    .overloaded
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return ResponseFuture::failed(shared, Overloaded::new().into());
+        let weight = match shared.weight {
+            None => 0,
+            Some(_) => {
+                let weight = (shared.weigh)(&req);
+                if !shared.reserve_weight(weight) {
+                    state.unreserve();
+                    shared.counters.overloaded.fetch_add(1, Ordering::Relaxed);
+                    return ResponseFuture::failed(state.clone(), Overloaded::new().into());
+                }
+                weight
             }
-            weight
         };
-        let ticket = Ticket::new(weight);
         let wait = options
             .deadline
             .map_or(shared.max_wait, |d| d.min(shared.max_wait));
-        let submitted = shared.submit(req, wait);
-        match submitted {
-            Submitted::Sent(seq, fut, req) => {
-                ResponseFuture::sent(shared, ticket, options.idempotent, wait, seq, fut, req)
+        let ticket = Ticket::new(weight);
+        // The fast path: the gate is open, and this handle's own clone of the service below is ready.
+        let gate = shared.gate();
+        if gate & 1 == 1 {
+            if self.svc.is_none() {
+                self.svc = shared.clone_service();
             }
-            Submitted::Queued(seq, deadline, rx) => {
-                ResponseFuture::queued(shared, ticket, options.idempotent, deadline, seq, rx)
+            if let Some(svc) = &mut self.svc {
+                let mut cx = Context::from_waker(Waker::noop());
+                // Pending or an error: the slow path below asks the queue's own copy, and sees the error too.
+                if let Poll::Ready(Ok(())) = svc.poll_ready(&mut cx) {
+                    state.use_reserved();
+                    state.count_direct();
+                    let place = Place {
+                        epoch: gate >> 1,
+                        seq: self.next,
+                    };
+                    self.next += 1;
+                    let keep = req.clone();
+                    let fut = svc.call(req);
+                    return ResponseFuture::sent(
+                        state.clone(),
+                        ticket,
+                        options.idempotent,
+                        wait,
+                        place,
+                        fut,
+                        keep,
+                    );
+                }
             }
+        }
+        state.use_reserved();
+        match shared.submit(req, wait, &mut self.next) {
+            Submitted::Sent(place, fut, req) => {
+                state.count_direct();
+                ResponseFuture::sent(
+                    state.clone(),
+                    ticket,
+                    options.idempotent,
+                    wait,
+                    place,
+                    fut,
+                    req,
+                )
+            }
+            Submitted::Queued(place, deadline, rx) => ResponseFuture::queued(
+                state.clone(),
+                ticket,
+                options.idempotent,
+                deadline,
+                place,
+                rx,
+            ),
             Submitted::Failed(e) => {
-                shared.release(weight);
-                ResponseFuture::failed(shared, e)
+                state.answered();
+                shared.release_weight(weight);
+                ResponseFuture::failed(state.clone(), e)
             }
         }
     }
@@ -247,7 +313,7 @@ where
 
 impl<S, Req> Service<Req> for Queue<S, Req>
 where
-    S: Service<Req>,
+    S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     Req: Clone,
 {
@@ -256,32 +322,64 @@ where
     type Future = ResponseFuture<S, Req>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.reserved {
+        // The fast path: a permit this handle holds spare, reserved in a word only it and its futures write (and a
+        // read of the closed flag, written once).
+        if !self.shared.is_closed() && self.state.try_reserve() {
+            self.stop_waiting();
+            self.overloaded = false;
             return Poll::Ready(Ok(()));
         }
-        if self.place.is_none() {
-            // The fast path: a free slot, taken with one atomic operation.
-            match self.shared.slots.try_take() {
-                Some(Taken::Slot) => {
-                    self.overloaded = false;
-                    self.reserved = true;
-                    return Poll::Ready(Ok(()));
-                }
-                Some(Taken::Closed) => return Poll::Ready(Err(self.shared.failure())),
-                None if self.shared.reject_when_full => {
-                    // A handle found full tries again at its next `poll_ready`: capacity may have come back since.
-                    self.overloaded = true;
-                    return Poll::Ready(Ok(()));
-                }
-                None => {}
+        loop {
+            if self.shared.is_closed() {
+                self.svc = None;
+                self.stop_waiting();
+                return Poll::Ready(Err(self.shared.failure()));
             }
-        }
-        match ready!(self.shared.slots.poll_take(&mut self.place, cx)) {
-            Taken::Slot => {
-                self.reserved = true;
-                Poll::Ready(Ok(()))
+            if self.state.try_reserve() {
+                self.stop_waiting();
+                self.overloaded = false;
+                return Poll::Ready(Ok(()));
             }
-            Taken::Closed => Poll::Ready(Err(self.shared.failure())),
+            // Take a batch of permits, or at least one, without waiting.
+            let permits = &self.shared.permits;
+            let batch = self
+                .shared
+                .batch
+                .min(u32::try_from(permits.available_permits()).unwrap_or(u32::MAX))
+                .max(1);
+            match permits.try_acquire_many(batch) {
+                Ok(permit) => {
+                    permit.forget();
+                    self.state.add_held(batch);
+                    continue;
+                }
+                Err(TryAcquireError::Closed) => continue,
+                Err(TryAcquireError::NoPermits) => {}
+            }
+            if !self.waiting {
+                // Capacity held spare by other handles comes back first; then this handle waits in line (FIFO).
+                self.shared.waiting.fetch_add(1, Ordering::Relaxed);
+                self.waiting = true;
+                self.shared.reclaim_spare();
+            }
+            if self.shared.reject_when_full && permits.available_permits() == 0 {
+                // A handle found full tries again at its next `poll_ready`: capacity may have come back since.
+                self.stop_waiting();
+                self.overloaded = true;
+                return Poll::Ready(Ok(()));
+            }
+            let waiter = self
+                .waiter
+                .get_or_insert_with(|| PollSemaphore::new(self.shared.permits.clone()));
+            match waiter.poll_acquire(cx) {
+                Poll::Ready(Some(permit)) => {
+                    permit.forget();
+                    self.state.add_held(1);
+                }
+                // Closed: reported at the top of the loop.
+                Poll::Ready(None) => {}
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
 
@@ -304,20 +402,19 @@ where
 
 impl<S: Service<Req>, Req> Drop for Queue<S, Req> {
     fn drop(&mut self) {
-        // A handle dropped with a reserved slot gives it back; one dropped while waiting leaves the line.
-        if self.reserved {
-            self.shared.release_slot();
+        // A handle dropped gives back its reserved and spare permits now, the others as its requests are answered;
+        // one dropped while waiting leaves the line.
+        if std::mem::take(&mut self.waiting) {
+            self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
         }
-        if let Some(place) = self.place {
-            self.shared.slots.leave(place);
-        }
+        self.state.orphan();
     }
 }
 
 impl<S: Service<Req>, Req> fmt::Debug for Queue<S, Req> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Queue")
-            .field("ready", &self.reserved)
+            .field("ready", &self.state.is_reserved())
             .finish_non_exhaustive()
     }
 }
@@ -346,7 +443,7 @@ mod tests {
     async fn unit_weight_gauge_counts_requests_called_and_not_answered() {
         let (service, mut handle) = mock::pair::<&'static str, &'static str>();
         let mut queue = Queue::new(service, QueueConfig::default());
-        assert!(queue.shared.unit_weight);
+        assert!(queue.shared.weight.is_none());
         handle.allow(0);
         ready(&mut queue).await;
         let a = queue.call("a");
@@ -390,7 +487,7 @@ mod tests {
             .build()
             .expect("weight");
         let mut queue = Queue::new(service, config);
-        assert!(!queue.shared.unit_weight);
+        assert!(queue.shared.weight.is_some());
         handle.allow(0);
         ready(&mut queue).await;
         let _held = queue.call("a");
@@ -467,11 +564,10 @@ mod tests {
             }
             let stats = queue.stats();
             assert_eq!((stats.len, stats.weight), (0, 0));
-            // Every slot is free again.
-            for _ in 0..CAPACITY {
-                assert_eq!(queue.shared.slots.try_take(), Some(Taken::Slot));
-            }
-            assert_eq!(queue.shared.slots.try_take(), None);
+            // Every permit is back once the last handle is gone.
+            let shared = queue.shared.clone();
+            drop(queue);
+            assert_eq!(shared.permits.available_permits(), CAPACITY);
         });
         assert!(most.load(Ordering::SeqCst) <= CAPACITY);
         assert_eq!(inside.load(Ordering::SeqCst), 0);

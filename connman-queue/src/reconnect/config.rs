@@ -9,9 +9,8 @@ use connman_core::error::{BoxError, InvalidConfig};
 use connman_core::lifecycle::{self, Event, FailureKind, State};
 use connman_core::rt::tokio::Publish;
 use tokio::sync::{broadcast, watch};
-use tokio_util::sync::CancellationToken;
 
-use super::handle::{CloseHandle, Observe};
+use super::handle::{CloseHandle, Closer, Observe, ReconnectStats};
 use super::hook::Identity;
 
 /// The default time an on-up hook may take: 10 s.
@@ -81,7 +80,8 @@ impl<Target> ReconnectConfig<Target> {
                 config: lifecycle::Config::new(),
                 observe: Observe {
                     publish: Publish::new(EVENT_CAPACITY),
-                    close: CancellationToken::new(),
+                    close: Closer::default(),
+                    hook_runs: Arc::default(),
                 },
             },
         }
@@ -106,7 +106,12 @@ impl<Target, H> ReconnectConfig<Target, H> {
 
     /// A handle that closes the link for good from anywhere.
     pub fn close_handle(&self) -> CloseHandle {
-        CloseHandle::from_token(self.observe.close.clone())
+        CloseHandle::new(self.observe.close.clone())
+    }
+
+    /// Lossless counts of the link's events so far.
+    pub fn stats(&self) -> ReconnectStats {
+        self.observe.stats()
     }
 
     /// The target handed to the make service on every attempt.

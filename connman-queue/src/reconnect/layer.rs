@@ -8,7 +8,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::config::ReconnectConfig;
-use super::handle::CloseHandle;
+use super::handle::{CloseHandle, ReconnectStats};
 use super::hook::OnUp;
 use super::service::Reconnect;
 
@@ -55,6 +55,11 @@ impl<Target, H> ReconnectLayer<Target, H> {
     /// A handle that closes the link for good from anywhere.
     pub fn close_handle(&self) -> CloseHandle {
         self.config.close_handle()
+    }
+
+    /// Lossless counts of the link's events so far.
+    pub fn stats(&self) -> ReconnectStats {
+        self.config.stats()
     }
 }
 

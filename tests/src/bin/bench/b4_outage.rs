@@ -315,8 +315,8 @@ impl Service<()> for Connector {
     }
 }
 
-/// One in-process connection: broken once the network was cut after it was made.
-#[derive(Debug)]
+/// One in-process connection: broken once the network was cut after it was made. Clones are the same connection.
+#[derive(Debug, Clone)]
 pub(crate) struct Link {
     net: Arc<Net>,
     epoch: u64,
