@@ -385,7 +385,7 @@ async fn run_client<S>(
     stop: Arc<AtomicBool>,
     issued: Arc<AtomicU64>,
 ) where
-    S: Service<String, Response = String> + Send + 'static,
+    S: Service<String, Response = String> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
 {
@@ -957,7 +957,7 @@ fn sim_without_heartbeat_a_partition_goes_unnoticed() {
     };
     let schedule = one_partition(600, 1200);
     let failure = run_seed(11, plan, &schedule).expect_err("a silent link hangs its requests");
-    println!("{failure}");
+    println!("as expected without a heartbeat: {}", failure.reason);
     assert!(
         failure.reason.contains("unresolved") || failure.reason.contains("Ran for duration"),
         "{}",
