@@ -43,7 +43,6 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-
 /// Which delivery promise the run is checked against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

@@ -14,6 +14,7 @@
 
 mod b3_queue;
 mod b4_outage;
+mod b5_herd;
 mod b5_restart;
 mod b6_registry;
 mod b8_group;
@@ -112,6 +113,7 @@ impl Options {
 fn scenarios() -> Vec<Scenario> {
     vec![
         b5_restart::SCENARIO,
+        b5_herd::SCENARIO,
         b3_queue::SCENARIO,
         b4_outage::SCENARIO,
         b6_registry::SCENARIO,
