@@ -1,6 +1,8 @@
 //! Heartbeat tests on paused time: pings, RTT, half-open links, bad settings.
 
-use std::future::{Future, poll_fn};
+mod support;
+
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,9 +20,7 @@ use connman_queue::reconnect::ReconnectLayer;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
+use support::secs;
 
 /// The far side of a fake connection.
 #[derive(Default)]
@@ -75,7 +75,7 @@ fn layer(config: HeartbeatConfig) -> HeartbeatLayer<fn() -> String> {
 }
 
 async fn ready(hb: &mut Heartbeat<FakeConn>) -> Result<(), BoxError> {
-    poll_fn(|cx| Service::<String>::poll_ready(hb, cx)).await
+    support::ready::<_, String>(hb).await
 }
 
 /// UP-09: a ping every interval through the connection itself, each answer reported with its RTT.
@@ -147,6 +147,9 @@ async fn up_09_half_open_detected_within_interval_plus_timeout() {
         events.try_recv(),
         Ok(HeartbeatEvent::TimedOut { .. })
     ));
+    // The lossless counters agree with the stream.
+    let stats = layer.stats();
+    assert_eq!((stats.timeouts, stats.failures, stats.deaths()), (1, 0, 1));
 }
 
 /// UP-10: a remote that cannot answer pings gives a typed error and an event, never a crash.
@@ -167,6 +170,7 @@ async fn up_10_remote_without_ping_is_a_typed_error() {
     let err = ready(&mut hb).await.expect_err("dead");
     let lost = err.downcast_ref::<LinkLost>().expect("LinkLost");
     assert!(std::error::Error::source(lost).is_some_and(|e| e.is::<PingFailed>()));
+    assert_eq!(layer.stats().deaths(), 1);
 }
 
 /// UP-11: the timeout must be shorter than the interval (upnode's server waited 100 s for a 10 s ping).

@@ -1,5 +1,7 @@
 //! Queue tests: tower's buffer test list, then upnode's behaviours (UP-xx) done right.
 
+mod support;
+
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,15 +28,10 @@ fn default_queue() -> (Queue<Mock, &'static str>, Handle) {
     new_queue(QueueLayer::default())
 }
 
-/// Lets the worker task run.
-async fn settle() {
-    for _ in 0..8 {
-        tokio::task::yield_now().await;
-    }
-}
+use support::settle;
 
 async fn ready(queue: &mut Queue<Mock, &'static str>) {
-    poll_fn(|cx| Service::poll_ready(queue, cx))
+    support::ready::<_, &'static str>(queue)
         .await
         .expect("queue ready");
 }
@@ -497,21 +494,51 @@ async fn up_16_close_fails_queued_and_later_with_closed() {
     assert!(matches!(handle.poll_request(), Poll::Ready(None)));
 }
 
-/// UP-19: inner failures reach the caller as typed values; nothing panics and other requests go on.
+/// UP-19: upnode crashed when it emitted an `error` event nobody listened to. Here every failure is a value: with no
+/// subscriber on any event stream, failed connects and a failed request disturb nothing (no panic, the next request
+/// goes on), the failures are still counted, and the request's error is typed.
 #[tokio::test(start_paused = true)]
 async fn up_19_errors_are_values() {
-    let (mut queue, mut handle) = default_queue();
-    ready(&mut queue).await;
+    use connman_core::backoff::Constant;
+    use connman_core::outcome::Outcome;
+    use connman_queue::reconnect::{Reconnect, ReconnectConfig};
+
+    let (mk, mut mk_handle) = mock::pair::<(), Mock>();
+    let config = ReconnectConfig::builder(())
+        .backoff(Constant::new(Duration::from_millis(5)))
+        .build()
+        .expect("valid reconnect config");
+    let stats = config.clone();
+    // Nobody subscribes to the lifecycle events: they have no listener at all.
+    let mut queue = Queue::new(Reconnect::new(mk, config), QueueConfig::default());
+    queue.ready().await.expect("ready");
     let bad = queue.call("bad");
-    ready(&mut queue).await;
+    queue.ready().await.expect("ready");
     let good = queue.call("good");
-    let (_, send) = handle.next_request().await.expect("bad");
-    send.send_error("remote said no");
-    let (_, send) = handle.next_request().await.expect("good");
+    for _ in 0..2 {
+        let (_, send) = mk_handle.next_request().await.expect("attempt");
+        send.send_error(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+    }
+    let (_, send) = mk_handle.next_request().await.expect("attempt");
+    let (conn, mut conn_handle) = mock::pair();
+    send.send_response(conn);
+    let (req, send) = conn_handle.next_request().await.expect("bad");
+    assert_eq!(req, "bad");
+    send.send_error(std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        "remote said no",
+    ));
+    let (req, send) = conn_handle.next_request().await.expect("good");
+    assert_eq!(req, "good");
     send.send_response("fine");
     let err: BoxError = bad.await.expect_err("error");
-    assert_eq!(err.to_string(), "remote said no");
+    assert_eq!(Outcome::of(&err), Outcome::Other);
+    let io = err
+        .downcast_ref::<std::io::Error>()
+        .expect("the service's own error");
+    assert_eq!(io.kind(), std::io::ErrorKind::PermissionDenied);
     assert_eq!(good.await.expect("good"), "fine");
+    assert_eq!(stats.stats().lifecycle.failed_attempts, 2);
 }
 
 #[tokio::test(start_paused = true)]

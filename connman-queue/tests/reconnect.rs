@@ -1,5 +1,7 @@
 //! Reconnect tests in the style of linkerd's: paused time, schedules asserted to the instant.
 
+mod support;
+
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,15 +23,13 @@ type ConnHandle = mock::Handle<&'static str, &'static str>;
 type Maker = mock::Mock<&'static str, Conn>;
 type MakerHandle = mock::Handle<&'static str, Conn>;
 
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
+use support::ms;
 
 type Rc = Reconnect<Maker, &'static str>;
 
 /// Waits until the reconnect is ready (a named function keeps the request type concrete inside spawned tasks).
 fn ready(rc: &mut Rc) -> impl Future<Output = Result<(), BoxError>> + Send + '_ {
-    poll_fn(move |cx| Service::<&'static str>::poll_ready(rc, cx))
+    support::ready::<_, &'static str>(rc)
 }
 
 fn maker() -> (Maker, MakerHandle) {
@@ -480,4 +480,121 @@ async fn reconnect_new_serves_requests() {
     });
     let rc = Reconnect::new(mk, ReconnectConfig::new("peer"));
     assert_eq!(rc.oneshot(1).await.expect("ok"), 2);
+}
+
+/// Handles of one `Reconnect` share one link: one connect serves every clone, a loss seen by one is a loss for all,
+/// and a single reconnect brings them all back. Requests through a clone go out on the clone's own copy of the
+/// connection.
+#[tokio::test(start_paused = true)]
+async fn clones_share_one_link_and_one_reconnect() {
+    let (mk, mut mk_handle) = maker();
+    let config = ReconnectConfig::builder("peer")
+        .backoff(Constant::new(ms(10)))
+        .build()
+        .expect("valid reconnect config");
+    let stats = config.clone();
+    let mut a: Rc = Reconnect::new(mk, config);
+    let mut b = a.clone();
+    let mut conn = {
+        let ready_a = tokio::spawn(async move {
+            ready(&mut a).await.expect("a ready");
+            a
+        });
+        let conn = accept(&mut mk_handle).await;
+        a = ready_a.await.expect("task");
+        conn
+    };
+    ready(&mut b)
+        .await
+        .expect("b ready without a connect of its own");
+    assert!(
+        mk_handle.poll_request().is_pending(),
+        "one connect for both"
+    );
+    let (ra, rb) = (a.call("from a"), b.call("from b"));
+    for _ in 0..2 {
+        let (req, send) = conn.next_request().await.expect("request");
+        send.send_response(req);
+    }
+    assert_eq!(
+        (ra.await.expect("a"), rb.await.expect("b")),
+        ("from a", "from b")
+    );
+
+    // The connection fails `poll_ready` for one handle: both wait for the one reconnect.
+    conn.send_error("link lost");
+    let mut wait_a = tokio_test::task::spawn(ready(&mut a));
+    tokio_test::assert_pending!(wait_a.poll());
+    drop(wait_a);
+    assert!(matches!(*stats.state().borrow(), State::Backoff { .. }));
+    let mut wait_b = tokio_test::task::spawn(ready(&mut b));
+    tokio_test::assert_pending!(wait_b.poll());
+    drop(wait_b);
+    // Someone must drive the link: both handles wait in tasks, and one connect serves both.
+    let back_a = tokio::spawn(async move { ready(&mut a).await.map(|()| a) });
+    let back_b = tokio::spawn(async move { ready(&mut b).await.map(|()| b) });
+    let _conn = accept(&mut mk_handle).await;
+    let _a = back_a.await.expect("task").expect("a back");
+    let _b = back_b.await.expect("task").expect("b back");
+    assert!(
+        mk_handle.poll_request().is_pending(),
+        "one reconnect for both"
+    );
+    let s = stats.stats();
+    assert_eq!(
+        (
+            s.lifecycle.attempts,
+            s.lifecycle.connects,
+            s.lifecycle.reconnects,
+            s.lifecycle.links_lost
+        ),
+        (2, 1, 1, 1)
+    );
+    assert_eq!(s.hook_runs, 2);
+}
+
+/// Closing through one handle closes the link for every clone.
+#[tokio::test(start_paused = true)]
+async fn closing_one_handle_closes_every_clone() {
+    let (mk, mut mk_handle) = maker();
+    let mut a: Rc = Reconnect::new(mk, ReconnectConfig::new("peer"));
+    let mut b = a.clone();
+    let ready_a = tokio::spawn(async move {
+        ready(&mut a).await.expect("a ready");
+        a
+    });
+    let _conn = accept(&mut mk_handle).await;
+    let mut a = ready_a.await.expect("task");
+    ready(&mut b).await.expect("b ready");
+    a.close();
+    assert!(ready(&mut b).await.expect_err("closed").is::<Closed>());
+    assert!(ready(&mut a).await.expect_err("closed").is::<Closed>());
+}
+
+/// With `first_attempt_fatal`, a first connect that fails closes for good at once with `FatalConnect`, whose source is
+/// the real error (not a stand-in), and the event stream carries it too.
+#[tokio::test(start_paused = true)]
+async fn first_attempt_fatal_fails_at_once_with_the_real_error() {
+    let (mk, mut mk_handle) = maker();
+    let config = ReconnectConfig::builder("peer")
+        .first_attempt_fatal(true)
+        .build()
+        .expect("valid reconnect config");
+    let mut events_rx = config.subscribe();
+    let mut rc: Rc = Reconnect::new(mk, config);
+    let attempt = tokio::spawn(async move { ready(&mut rc).await });
+    let (_, send) = mk_handle.next_request().await.expect("first attempt");
+    send.send_error(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+    let err = attempt.await.expect("task").expect_err("fatal");
+    let fatal = err.downcast_ref::<FatalConnect>().expect("FatalConnect");
+    let source = std::error::Error::source(fatal).expect("the real error");
+    assert!(source.is::<std::io::Error>(), "{source}");
+    let failed = events(&mut events_rx)
+        .into_iter()
+        .find_map(|e| match e {
+            Event::ConnectFailed { error, .. } => Some(error),
+            _ => None,
+        })
+        .expect("a failed attempt event");
+    assert!(failed.is::<std::io::Error>());
 }

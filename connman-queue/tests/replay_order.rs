@@ -1,6 +1,8 @@
 //! The replay barrier of `Reconnect`: a new connection serves nothing until the calls of the lost one have settled,
 //! so that a request the lost link never wrote is back in its place before anything issued later goes out.
 
+mod support;
+
 use std::future::{Pending, pending};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -75,9 +77,7 @@ fn reconnect(make: Make) -> Reconnect<Make, ()> {
 }
 
 async fn ready(svc: &mut Reconnect<Make, ()>) {
-    std::future::poll_fn(|cx| Service::<u32>::poll_ready(svc, cx))
-        .await
-        .expect("ready");
+    support::ready::<_, u32>(svc).await.expect("ready");
 }
 
 #[tokio::test(start_paused = true)]

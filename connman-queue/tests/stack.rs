@@ -1,5 +1,7 @@
 //! The full stack, Queue over Reconnect (over Heartbeat), against fake make services: upnode's scenarios.
 
+mod support;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -16,9 +18,7 @@ use connman_queue::reconnect::ReconnectLayer;
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
+use support::ms;
 
 /// A connection the server drops `lifetime` after accepting it: then its `poll_ready` fails.
 #[derive(Clone)]

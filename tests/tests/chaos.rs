@@ -932,3 +932,79 @@ async fn up_24_queued_calls_survive_a_server_that_drops_every_connection() {
     .await
     .expect("bounded");
 }
+
+/// A line server whose first connection reads one request and closes without answering it (so the request was
+/// written and then the link was lost); later connections answer like the echo server. Returns the lines it read.
+async fn drops_the_first_answer() -> (
+    SocketAddr,
+    Arc<Mutex<Vec<String>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let task = tokio::spawn(async move {
+        let mut first = true;
+        let mut connections = JoinSet::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            let log = log.clone();
+            let drop_it = std::mem::take(&mut first);
+            connections.spawn(async move {
+                let mut framed = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE));
+                while let Some(Ok(line)) = framed.next().await {
+                    log.lock().unwrap().push(line.clone());
+                    if drop_it {
+                        // Written and read, never answered: the link goes.
+                        return;
+                    }
+                    if framed.send(line).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen, task)
+}
+
+/// UP-14 through the real stack (pipeline over TCP, `Reconnect`, `Queue`): a request the server read before the link
+/// was lost ends `MaybeDelivered`, never `NotSent` (the connection itself must say it was written, no mock says it for
+/// it), and is not replayed; an idempotent one in the same spot is replayed on the next connection.
+#[tokio::test]
+async fn up_14_written_then_lost_is_maybe_delivered_through_the_real_stack() {
+    use connman_core::outcome::Outcome as Verdict;
+    for idempotent in [false, true] {
+        let (addr, seen, server) = drops_the_first_answer().await;
+        timeout(Duration::from_secs(10), async {
+            let link = ReconnectLayer::new(
+                ReconnectConfig::builder(addr)
+                    .backoff(Constant::new(ms(5)))
+                    .build()
+                    .expect("valid reconnect config"),
+            )
+            .layer(make());
+            let mut svc = QueueLayer::default().layer(link);
+            ServiceExt::<String>::ready(&mut svc).await.unwrap();
+            let options = if idempotent {
+                CallOptions::new().idempotent()
+            } else {
+                CallOptions::new()
+            };
+            let result = svc.call_with("written".to_owned(), options).await;
+            if idempotent {
+                assert_eq!(result.expect("replayed on the next link"), "written");
+                assert_eq!(*seen.lock().unwrap(), ["written", "written"]);
+            } else {
+                let err = result.expect_err("the link was lost after the write");
+                assert_eq!(Verdict::of(&err), Verdict::MaybeDelivered, "{err}");
+                assert!(err.is::<MaybeDelivered>());
+                assert_eq!(*seen.lock().unwrap(), ["written"], "never replayed");
+                assert_eq!(svc.stats().maybe_delivered, 1);
+            }
+        })
+        .await
+        .expect("within the bound");
+        server.abort();
+    }
+}

@@ -109,8 +109,10 @@ pub struct QueueHandle {
 
 impl QueueHandle {
     /// Closes the queue: every queued and later request fails with
-    /// [`Closed`](connman_core::error::Closed), and the inner service is dropped (a `Reconnect` below cancels its
-    /// connect and its backoff timer). Idempotent.
+    /// [`Closed`](connman_core::error::Closed), and the queue's own copy of the inner service is dropped (a
+    /// `Reconnect` below cancels its connect and its backoff timer once no handle holds a clone of it). A handle keeps
+    /// a clone for its fast path while the link is up; it lets go of it at its next `poll_ready` or call, or when it
+    /// is dropped. Idempotent.
     pub fn close(&self) {
         self.control.close();
     }
@@ -279,6 +281,10 @@ where
                     );
                 }
             }
+        } else {
+            // Shut (an outage, a close): the handle lets go of its clone, so that what the service below holds (a
+            // connection, a connect in flight) goes with the queue's own copy; it takes a new one once open again.
+            self.svc = None;
         }
         state.use_reserved();
         match shared.submit(req, wait, &mut self.next) {

@@ -21,6 +21,6 @@ pub use config::{
 pub use error::{FatalConnect, GaveUp};
 pub use future::ResponseFuture;
 pub use handle::{CloseHandle, ReconnectStats};
-pub use hook::{Identity, OnUp};
+pub use hook::{BoxHookFuture, BoxOnUp, Identity, OnUp};
 pub use layer::ReconnectLayer;
 pub use service::Reconnect;
