@@ -7,8 +7,10 @@
 //! talks, and closes) comes first, so the baseline includes what the allocator and the runtime keep once they have
 //! served that many connections; the soak proper must then end where the warm-up ended.
 //!
-//! The test binary counts every heap allocation ([`stats_alloc`]), so the check is on live heap bytes, exact, and not
-//! only on resident memory, which the system allocator keeps after a peak.
+//! The test binary counts every heap allocation ([`stats_alloc`]), so the memory check is on live heap bytes, exact;
+//! resident memory is sampled and reported but not asserted, since the system allocator keeps the pages of a peak.
+//!
+//! A leak of heap bytes (beyond 1 MiB + 1 % of the peak), of a file descriptor or of a task fails it.
 //!
 //! Environment (set by `cargo xtask soak`): `CONNMAN_SOAK_CONNECTIONS` (default 2000), `CONNMAN_SOAK_STACKS`
 //! (default 100), `CONNMAN_SOAK_SECONDS` (default 120), `CONNMAN_SOAK_BOUNCE_SECONDS` (default 15).
@@ -370,14 +372,11 @@ fn soak_thousands_of_connections_and_bounces_leave_nothing_behind() {
             mib(baseline.heap),
             mib(heap_allowance)
         );
-        // The system allocator keeps some of what it served; a leak of per-connection state grows with every bounce.
-        let allowance = (4 << 20) + (peak.rss.saturating_sub(baseline.rss)) / 10;
-        assert!(
-            end.rss <= baseline.rss + allowance,
-            "memory did not come back: end {:.1} MiB, baseline {:.1} MiB, allowance {:.1} MiB",
-            mib(end.rss),
-            mib(baseline.rss),
-            mib(allowance)
+        // Resident memory is reported, not asserted: the system allocator keeps the pages of a peak after they are
+        // freed (the live heap above is the exact measure of a leak).
+        println!(
+            "rss above the warm-up's baseline after close-all: {:.1} MiB (the allocator's retention of the peak)",
+            mib(end.rss.saturating_sub(baseline.rss))
         );
     });
 }

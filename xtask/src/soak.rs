@@ -2,8 +2,9 @@
 //!
 //! Runs the ignored test of `tests/tests/soak.rs` in release: N `connman_tcp::Connection`s (default 2000) and N full
 //! queue stacks (default 100) against one loopback echo server that restarts every `--bounce` seconds (default 15),
-//! for S seconds (default 120); then closes everything. Resident memory, file descriptors and tokio tasks are sampled
-//! all along and must come back to the warm-up's baseline after the close-all: a leak fails it.
+//! for S seconds (default 120); then closes everything. Live heap bytes (counted by the test's allocator), file
+//! descriptors and tokio tasks are sampled all along and must come back to the warm-up's baseline after the close-all:
+//! a leak fails it. Resident memory is sampled and reported (start, peak, end).
 
 use crate::{cargo, step};
 
