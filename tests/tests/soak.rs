@@ -135,6 +135,7 @@ fn start(server: &FlakyServer, connections: u64, stacks: u64) -> Clients {
             Connection::builder(server.addr(), Counting(received.clone()))
                 .backoff(backoff())
                 .connect()
+                .expect("inside a runtime")
         })
         .collect();
     let mut tasks = JoinSet::new();

@@ -377,7 +377,8 @@ impl Probe {
 fn ours(addr: SocketAddr, policy: Policy, client: usize, probe: Probe) -> BenchResult<Connection> {
     Ok(Connection::builder(addr, Greeted { client, probe })
         .backoff(policy.backoff()?)
-        .connect())
+        .connect()
+        .map_err(|e| BenchError::new(format!("connection: {e}")))?)
 }
 
 #[derive(Debug)]
