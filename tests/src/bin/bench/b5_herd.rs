@@ -375,10 +375,10 @@ impl Probe {
 
 /// Ours: a supervised `Connection` per client.
 fn ours(addr: SocketAddr, policy: Policy, client: usize, probe: Probe) -> BenchResult<Connection> {
-    Ok(Connection::builder(addr, Greeted { client, probe })
+    Connection::builder(addr, Greeted { client, probe })
         .backoff(policy.backoff()?)
         .connect()
-        .map_err(|e| BenchError::new(format!("connection: {e}")))?)
+        .map_err(|e| BenchError::new(format!("connection: {e}")))
 }
 
 #[derive(Debug)]
