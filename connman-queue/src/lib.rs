@@ -24,12 +24,12 @@
 //!
 //! * **Queued**: no byte written. A queued request is sent at most once, in order. If its caller drops its future, or
 //!   its deadline ([`CallOptions::deadline`](queue::CallOptions::deadline), or the queue's
-//!   [`max_wait`](queue::QueueLayer::max_wait)) passes, it is taken out and never sent later; the caller gets
+//!   [`max_wait`](queue::QueueBuilder::max_wait)) passes, it is taken out and never sent later; the caller gets
 //!   [`Elapsed`](connman_core::error::Elapsed).
 //! * **Written**: handed to the service below. If that service reports
 //!   [`NotSent`](connman_core::error::NotSent) (provably never written, found also through
 //!   [`source`](std::error::Error::source) chains), the request goes back to its place in the queue and is replayed,
-//!   at most [`max_replays`](queue::QueueLayer::max_replays) times (then the caller gets that `NotSent`).
+//!   at most [`max_replays`](queue::QueueBuilder::max_replays) times (then the caller gets that `NotSent`).
 //!   If it reports [`MaybeDelivered`](connman_core::error::MaybeDelivered) (or
 //!   [`LinkLost`](connman_core::error::LinkLost)), the caller gets `MaybeDelivered`: at-most-once, as hyper, gRPC and
 //!   NATS promise. A request marked [`idempotent`](queue::CallOptions::idempotent) is replayed instead
@@ -143,7 +143,7 @@
 //!   permits in batches and gives its spare ones back when another handle waits, so the fast path writes only words of
 //!   its own handle. The count bound gives backpressure (`poll_ready`
 //!   pending, or [`Overloaded`](connman_core::error::Overloaded) with
-//!   [`reject_when_full`](queue::QueueLayer::reject_when_full)); the weight bound rejects with `Overloaded` at `call`,
+//!   [`reject_when_full`](queue::QueueBuilder::reject_when_full)); the weight bound rejects with `Overloaded` at `call`,
 //!   the only time a request's weight is known.
 //! * **A request's deadline covers its time in the queue**, as upnode's `up(t, cb)` (UP-04): once written, its
 //!   outcome comes from the service below. Put a `tower::timeout::Timeout` above the queue to bound whole calls.

@@ -1,4 +1,4 @@
-//! Test support (feature `test-util`): a [`Handler`](crate::Handler) that records every call, and the test's side of
+//! Test support (feature `test-util`): a [`Handler`] that records every call, and the test's side of
 //! it. Used by connman-tcp's own tests and by the cross-crate tests; not part of the API a connection needs.
 //!
 //! ```

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use connman_core::error::{BoxError, Overloaded};
+use connman_core::error::{BoxError, NoRuntime, Overloaded};
 use tokio::sync::TryAcquireError;
 use tokio_util::sync::PollSemaphore;
 use tower_service::Service;
@@ -172,11 +172,30 @@ where
     ///
     /// # Panics
     ///
-    /// Outside a tokio runtime: the queue spawns a small worker task, as `tower::buffer::Buffer` does.
+    /// Outside a tokio runtime: the queue spawns a small worker task, as `tower::buffer::Buffer` does (a
+    /// [`Layer`](tower_layer::Layer) cannot return an error). [`Queue::try_new`] returns the typed
+    /// [`NoRuntime`] instead.
     pub fn new(service: S, config: QueueConfig<Req>) -> Self {
+        match Self::try_new(service, config) {
+            Ok(queue) => queue,
+            Err(e) => panic!("{e}: Queue::new spawns its worker on the current tokio runtime"),
+        }
+    }
+
+    /// Puts a queue with `config` in front of `service`; outside a tokio runtime, fails with [`NoRuntime`].
+    ///
+    /// ```
+    /// use connman_core::error::NoRuntime;
+    /// use connman_queue::queue::{Queue, QueueConfig};
+    ///
+    /// let echo = tower::service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) });
+    /// assert_eq!(Queue::try_new(echo, QueueConfig::default()).unwrap_err(), NoRuntime::new());
+    /// ```
+    pub fn try_new(service: S, config: QueueConfig<Req>) -> Result<Self, NoRuntime> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| NoRuntime::new())?;
         let shared = Arc::new(Shared::new(service, &config));
-        tokio::spawn(shared::run(Arc::downgrade(&shared), shared.notify.clone()));
-        Self::from_shared(shared)
+        runtime.spawn(shared::run(Arc::downgrade(&shared), shared.notify.clone()));
+        Ok(Self::from_shared(shared))
     }
 
     /// A handle that closes the queue and reads its counters.
