@@ -6,6 +6,9 @@
 //! * `cargo xtask demo [--seconds N]`: the flaky-network demo (the README's first command).
 //! * `cargo xtask bench [--quick] [NAME]`: the benchmarks against their peers; writes `BENCHMARKS.md`.
 //! * `cargo xtask fuzz [--seconds N] [TARGET]`: the fuzz targets of `fuzz/` on the nightly toolchain (10 s each by default).
+//! * `cargo xtask sim [--seeds N] [--first K] [--release]`: the simulated-network test over many seeds (long mode).
+//! * `cargo xtask soak [--connections N] [--seconds S]`: thousands of connections for minutes with server bounces;
+//!   fails on a leak of memory, file descriptors or tasks (outside CI).
 //! * `cargo xtask peers`: installs the real peers the tests talk to (redis-server, Node `ws`, Python `websockets`).
 
 mod bench;
@@ -13,6 +16,8 @@ mod ci;
 mod demo;
 mod fuzz;
 mod peers;
+mod sim;
+mod soak;
 mod tidy;
 
 use std::path::PathBuf;
@@ -27,9 +32,11 @@ fn main() -> ExitCode {
         Some("tidy") => tidy::run(),
         Some("peers") => peers::run(&args[1..]),
         Some("fuzz") => fuzz::run(&args[1..]),
+        Some("sim") => sim::run(&args[1..]),
+        Some("soak") => soak::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | demo [--seconds N] | bench [--quick] [NAME] | fuzz [--seconds N] [TARGET] | peers | tidy>"
+                "usage: cargo xtask <ci | demo [--seconds N] | bench [--quick] [NAME] | fuzz [--seconds N] [TARGET] | sim [--seeds N] [--first K] | soak [--connections N] [--seconds S] | peers | tidy>"
             );
             return ExitCode::from(2);
         }

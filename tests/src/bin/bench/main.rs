@@ -16,6 +16,7 @@ mod b1_ws_broadcast;
 mod b2_ws_echo;
 mod b3_queue;
 mod b4_outage;
+mod b5_herd;
 mod b5_restart;
 mod b6_registry;
 mod b7_ws_idle;
@@ -128,6 +129,7 @@ fn scenarios() -> Vec<Scenario> {
         b1_ws_broadcast::SCENARIO,
         b2_ws_echo::SCENARIO,
         b5_restart::SCENARIO,
+        b5_herd::SCENARIO,
         b3_queue::SCENARIO,
         b4_outage::SCENARIO,
         b6_registry::SCENARIO,
