@@ -87,12 +87,14 @@
 //! ```
 
 mod accept;
+pub mod client;
 mod config;
 mod connector;
 pub mod error;
 mod stream;
 
 pub use accept::{AcceptConfig, WsConnection, accept};
+pub use client::{Incoming, WsClient, WsClientBuilder};
 pub use config::{MessageKind, WsConfig, WsConfigBuilder};
 pub use connector::{WsConnectFuture, WsConnector, WsConnectorLayer};
 pub use stream::{PeerClose, Received, WsMember, WsReceiver, WsStream};
