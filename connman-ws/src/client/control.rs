@@ -178,15 +178,16 @@ impl Control {
     }
 
     pub(crate) fn set_rtt(&self, rtt: Duration) {
-        let nanos = u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX).max(1);
-        self.rtt.store(nanos, Ordering::Relaxed);
+        // Stored plus one, so that zero can mean "none yet" and a zero round trip (paused time) still counts.
+        let nanos = u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX - 1);
+        self.rtt.store(nanos + 1, Ordering::Relaxed);
         self.emit(ClientEvent::Pong { rtt });
     }
 
     pub(crate) fn rtt(&self) -> Option<Duration> {
         match self.rtt.load(Ordering::Relaxed) {
             0 => None,
-            nanos => Some(Duration::from_nanos(nanos)),
+            nanos => Some(Duration::from_nanos(nanos - 1)),
         }
     }
 

@@ -257,9 +257,10 @@ impl fmt::Display for SharedSource {
     }
 }
 
+/// Transparent: the shared error is its source, so that a walk down the chain finds its type.
 impl std::error::Error for SharedSource {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
+        Some(&*self.0)
     }
 }
 
