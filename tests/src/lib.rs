@@ -1,8 +1,9 @@
-//! Test support for connman's cross-crate scenarios: a flaky echo server, a fault-injecting proxy and the
-//! "nothing lost" checker. Not published.
+//! Test support for connman's cross-crate scenarios: a flaky echo server, a fault-injecting proxy, the
+//! "nothing lost" checker and the real peers (Node `ws`, Python `websockets`, redis-server). Not published.
 
 pub mod checker;
 pub mod flaky;
+pub mod peers;
 pub mod proxy;
 
 /// The README's examples, run as doc tests.

@@ -6,6 +6,7 @@ use std::process::Stdio;
 use crate::{cargo, step};
 
 pub(crate) fn run(_args: &[String]) -> Result<(), String> {
+    crate::peers::run(&[])?;
     step("format", cargo().args(["fmt", "--all", "--check"]))?;
     crate::tidy::run()?;
     step(

@@ -4,10 +4,12 @@
 //!   runtime-free check of connman-core, the loom models and a quick smoke run of the benchmarks.
 //! * `cargo xtask demo [--seconds N]`: the flaky-network demo (the README's first command).
 //! * `cargo xtask bench [--quick] [NAME]`: the benchmarks against their peers; writes `BENCHMARKS.md`.
+//! * `cargo xtask peers`: installs the real peers the tests talk to (redis-server, Node `ws`, Python `websockets`).
 
 mod bench;
 mod ci;
 mod demo;
+mod peers;
 mod tidy;
 
 use std::path::PathBuf;
@@ -20,9 +22,10 @@ fn main() -> ExitCode {
         Some("demo") => demo::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("tidy") => tidy::run(),
+        Some("peers") => peers::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | demo [--seconds N] | bench [--quick] [NAME] | tidy>"
+                "usage: cargo xtask <ci | demo [--seconds N] | bench [--quick] [NAME] | peers | tidy>"
             );
             return ExitCode::from(2);
         }

@@ -67,7 +67,7 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name();
-        if name == "target" || name == ".git" || name == "node_modules" {
+        if name == "target" || name == ".git" || name == "node_modules" || name == ".venv" {
             continue;
         }
         if path.is_dir() {
