@@ -4,19 +4,22 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::task::Waker;
 use std::time::Duration;
 
 use connman_core::error::{BoxError, Closed, SharedError};
 use connman_core::lifecycle::{Event, FailureKind};
 use connman_core::member::CloseCode;
 use connman_queue::reconnect::{FatalConnect, GaveUp};
-use futures_util::task::AtomicWaker;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::error::ClosedByPeer;
 use super::link::LinkHandle;
 use super::message::Message;
+
+/// Most distinct tasks remembered as waiting for the link.
+const MAX_WAITERS: usize = 8;
 
 /// How many client events a slow subscriber may fall behind before it loses the oldest.
 pub const EVENT_CAPACITY: usize = 64;
@@ -134,7 +137,8 @@ pub(crate) struct Control {
     /// A delay to use instead of the backoff for the next reconnect, set by a "come back" close.
     come_back_hint: Mutex<Option<Duration>>,
     up: AtomicBool,
-    ready: AtomicWaker,
+    /// The tasks waiting for the link to be up: the queue's worker, and the queue's fast path with its no-op waker.
+    ready: Mutex<Vec<Waker>>,
     current: Mutex<Option<LinkHandle>>,
     terminal: OnceLock<Terminal>,
     closing: AtomicBool,
@@ -153,7 +157,7 @@ impl Control {
             inbound: Mutex::new(Some(inbound)),
             come_back_hint: Mutex::new(None),
             up: AtomicBool::new(false),
-            ready: AtomicWaker::new(),
+            ready: Mutex::new(Vec::new()),
             current: Mutex::new(None),
             terminal: OnceLock::new(),
             closing: AtomicBool::new(false),
@@ -240,14 +244,32 @@ impl Control {
         if self.up.load(Ordering::Acquire) {
             return true;
         }
-        self.ready.register(cx.waker());
+        {
+            let mut waiting = lock(&self.ready);
+            if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
+                if waiting.len() >= MAX_WAITERS {
+                    // Never more than a few distinct tasks poll; should more come, wake the old ones to re-register.
+                    for waker in waiting.drain(..) {
+                        waker.wake();
+                    }
+                }
+                waiting.push(cx.waker().clone());
+            }
+        }
         self.up.load(Ordering::Acquire)
+    }
+
+    fn wake_waiting(&self) {
+        let waiting = std::mem::take(&mut *lock(&self.ready));
+        for waker in waiting {
+            waker.wake();
+        }
     }
 
     pub(crate) fn set_up(&self, up: bool) {
         self.up.store(up, Ordering::Release);
         if up {
-            self.ready.wake();
+            self.wake_waiting();
         }
     }
 
@@ -260,7 +282,7 @@ impl Control {
     pub(crate) fn finish(&self, why: Terminal) {
         let _ = self.terminal.set(why);
         self.end.cancel();
-        self.ready.wake();
+        self.wake_waiting();
     }
 
     pub(crate) fn terminal(&self) -> Option<&Terminal> {
