@@ -12,6 +12,7 @@
 //! those rows. The table is always printed; the file is written only to the path given with `--out` (which
 //! `cargo xtask bench` passes, pointing at the repository root, unless `--no-write` is given).
 
+mod b10_reconnect;
 mod b3_queue;
 mod b4_outage;
 mod b5_restart;
@@ -116,6 +117,7 @@ fn scenarios() -> Vec<Scenario> {
         b4_outage::SCENARIO,
         b6_registry::SCENARIO,
         b8_group::SCENARIO,
+        b10_reconnect::SCENARIO,
     ]
 }
 
