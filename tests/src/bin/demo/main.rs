@@ -7,7 +7,8 @@
 //! * `stack`: `Queue` + `Heartbeat` + `Reconnect` over a pipelined line client, through a fault-injecting proxy, checked
 //!   by the "nothing lost" checker;
 //! * `registry`: one connection shared by two scopes, references going up and down, the grace period;
-//! * `ws group`: WebSocket members in namespaces, broadcasts, and a paced drain at the end.
+//! * `ws group`: WebSocket members in namespaces, broadcasts, and a paced drain at the end;
+//! * `ws client`: reconnecting `WsClient`s drained off one server come back to another, spread out.
 //!
 //! Events are printed as they happen and a summary table at the end. The process exits non-zero if anything was lost
 //! or mismatched.
@@ -17,6 +18,7 @@ mod group;
 mod registry;
 mod report;
 mod stack;
+mod ws_client;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -42,12 +44,14 @@ async fn main() -> ExitCode {
     let stack = tokio::spawn(stack::run(clock.clone(), total));
     let registry = tokio::spawn(registry::run(clock.clone()));
     let group = tokio::spawn(group::run(clock.clone(), total));
+    let ws_client = tokio::spawn(ws_client::run(clock.clone(), total));
     let mut rows: Vec<Row> = Vec::new();
     for (name, handle) in [
         ("echo", echo),
         ("queue stack", stack),
         ("registry", registry),
         ("group", group),
+        ("ws client", ws_client),
     ] {
         match handle.await {
             Ok(Ok(mut section)) => rows.append(&mut section),
