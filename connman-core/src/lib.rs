@@ -6,6 +6,8 @@
 //!
 //! * [`backoff`]: pure schedules of delays between attempts, with presets of well-known systems.
 //! * [`lifecycle`]: the one state machine of a supervised connection; every crate that reconnects drives it.
+//! * [`driver`]: the one async driver of that machine (clock, waits, events), generic over a [`rt::Timer`].
+//! * [`rt`]: the runtime behind small traits; feature `tokio` adds `rt::tokio::TokioTimer`.
 //! * [`refhandle`]: handles that count their holders and tell the owner when the last one is gone.
 //! * [`transport`]: how to connect, as any `tower_service::Service<Target>`.
 //! * [`error`]: one small type per failure mode, carried as [`error::BoxError`] between layers.
@@ -39,10 +41,12 @@
 //! ```
 
 pub mod backoff;
+pub mod driver;
 pub mod error;
 pub mod lifecycle;
 pub mod member;
 pub mod refhandle;
+pub mod rt;
 pub mod supervise;
 pub mod transport;
 

@@ -241,14 +241,29 @@ pub struct Config {
     /// Zero (the default) resets on every successful connect, as connman, upnode and tower do. With, say, 5 s, a server
     /// that accepts and drops at once keeps the client backing off instead of reconnecting in a hot loop.
     pub min_uptime: Duration,
+    /// Whether a failed attempt before the first successful connect closes for good (default `false`).
+    ///
+    /// With it, a connection that never came up fails fast ([`CloseReason::Fatal`]) instead of backing off, as a
+    /// registry's first connect must, so that its caller hears of a wrong address or bad credentials at once. The
+    /// [`Event::ConnectFailed`] before the [`Event::Closed`] carries the real error. Once a connection has been up,
+    /// failures are retried as the [`FailureKind`] says.
+    pub first_attempt_fatal: bool,
 }
 
 impl Config {
-    /// The default settings: reset on every successful connect.
+    /// The default settings: reset on every successful connect, retry a failed first attempt.
     pub const fn new() -> Self {
         Self {
             min_uptime: Duration::ZERO,
+            first_attempt_fatal: false,
         }
+    }
+
+    /// Sets [`Config::first_attempt_fatal`].
+    #[must_use]
+    pub const fn first_attempt_fatal(mut self, fatal: bool) -> Self {
+        self.first_attempt_fatal = fatal;
+        self
     }
 
     /// Sets [`Config::min_uptime`].
@@ -276,6 +291,10 @@ pub struct Lifecycle<B> {
     /// The attempt number of the connect in flight, or of the one to come after a wait.
     attempt: u32,
     connected_once: bool,
+    /// Why the machine closed, once it has.
+    close_reason: Option<CloseReason>,
+    /// The error of the last failed attempt or lost link.
+    last_error: Option<SharedError>,
     events: VecDeque<Event>,
 }
 
@@ -293,8 +312,26 @@ impl<B: Backoff> Lifecycle<B> {
             state: State::Idle,
             attempt: 0,
             connected_once: false,
+            close_reason: None,
+            last_error: None,
             events: VecDeque::new(),
         }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> Config {
+        self.config
+    }
+
+    /// Why the machine closed; `None` while it is not closed.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.close_reason
+    }
+
+    /// The error of the last failed connect attempt or lost link, if any: what a caller told of a
+    /// [`CloseReason::Fatal`] or [`CloseReason::GaveUp`] close should see.
+    pub fn last_error(&self) -> Option<&SharedError> {
+        self.last_error.as_ref()
     }
 
     /// The current state.
@@ -357,6 +394,12 @@ impl<B: Backoff> Lifecycle<B> {
             return None;
         };
         let error = SharedError::from(error.into());
+        self.last_error = Some(error.clone());
+        let kind = if self.config.first_attempt_fatal && !self.connected_once {
+            FailureKind::Fatal
+        } else {
+            kind
+        };
         let next_delay = match kind {
             FailureKind::Retriable => self.backoff.next_delay(),
             FailureKind::Fatal => None,
@@ -384,9 +427,9 @@ impl<B: Backoff> Lifecycle<B> {
         let State::Up { since } = self.state else {
             return None;
         };
-        self.emit(Event::Disconnected {
-            reason: SharedError::from(reason.into()),
-        });
+        let reason = SharedError::from(reason.into());
+        self.last_error = Some(reason.clone());
+        self.emit(Event::Disconnected { reason });
         if !self.config.min_uptime.is_zero()
             && now.saturating_duration_since(since) >= self.config.min_uptime
         {
@@ -435,7 +478,7 @@ impl<B: Backoff> Lifecycle<B> {
     }
 
     fn wait(&mut self, now: Instant, attempt: u32, delay: Duration) -> Action {
-        let until = now.checked_add(delay).unwrap_or(now);
+        let until = saturating_add(now, delay);
         self.attempt = attempt;
         self.state = State::Backoff { attempt, until };
         Action::Wait { until }
@@ -443,6 +486,7 @@ impl<B: Backoff> Lifecycle<B> {
 
     fn finish(&mut self, reason: CloseReason) {
         self.state = State::Closed;
+        self.close_reason = Some(reason);
         self.emit(Event::Closed { reason });
     }
 
@@ -451,6 +495,19 @@ impl<B: Backoff> Lifecycle<B> {
             self.events.pop_front();
         }
         self.events.push_back(event);
+    }
+}
+
+/// `now + delay`, or the latest instant this platform can represent on the way there: a delay too long to add never
+/// turns into an immediate retry.
+fn saturating_add(now: Instant, delay: Duration) -> Instant {
+    let mut delay = delay;
+    loop {
+        if let Some(until) = now.checked_add(delay) {
+            return until;
+        }
+        // Halving reaches zero after at most 128 steps, and `now + 0` always exists.
+        delay /= 2;
     }
 }
 
@@ -666,6 +723,60 @@ mod tests {
         );
         assert_eq!(lc.timer_fired(t0), None);
         assert_eq!(lc.state(), State::Idle);
+    }
+
+    #[test]
+    fn overflowing_delay_saturates_instead_of_retrying_at_once() {
+        let t0 = Instant::now();
+        let mut lc = Lifecycle::new(Constant::new(Duration::MAX));
+        lc.start(t0);
+        let Some(Action::Wait { until }) = lc.connect_failed(t0, refused(), FailureKind::Retriable)
+        else {
+            panic!("expected a wait")
+        };
+        // Far in the future (at least a century), never `t0`.
+        assert!(until > t0 + Duration::from_secs(100 * 365 * 24 * 3600));
+        assert_eq!(lc.timer_fired(t0), Some(Action::Wait { until }));
+        // The same for a lost link.
+        assert_eq!(lc.timer_fired(until), Some(Action::Connect { attempt: 2 }));
+        lc.connected(until);
+        let Some(Action::Wait { until: again }) = lc.link_lost(until, LinkLost::new()) else {
+            panic!("expected a wait")
+        };
+        assert!(again > until);
+    }
+
+    #[test]
+    fn first_attempt_fatal_closes_with_the_real_error() {
+        let t0 = Instant::now();
+        let config = Config::new().first_attempt_fatal(true);
+        let mut lc = Lifecycle::with_config(Constant::new(ms(1)), config);
+        lc.start(t0);
+        assert_eq!(
+            lc.connect_failed(t0, refused(), FailureKind::Retriable),
+            None
+        );
+        assert_eq!(lc.close_reason(), Some(CloseReason::Fatal));
+        let ev = events(&mut lc);
+        let Event::ConnectFailed {
+            error, next_delay, ..
+        } = &ev[1]
+        else {
+            panic!("expected a failed attempt, got {ev:?}")
+        };
+        assert!(next_delay.is_none());
+        assert!(error.is::<std::io::Error>());
+        assert!(lc.last_error().is_some_and(|e| e.is::<std::io::Error>()));
+        // Once up, later failures are retried.
+        let mut lc = Lifecycle::with_config(Constant::new(ms(1)), config);
+        lc.start(t0);
+        lc.connected(t0);
+        lc.link_lost(t0, LinkLost::new());
+        lc.timer_fired(t0 + ms(1));
+        assert_eq!(
+            lc.connect_failed(t0 + ms(1), refused(), FailureKind::Retriable),
+            Some(Action::Wait { until: t0 + ms(2) })
+        );
     }
 
     #[test]

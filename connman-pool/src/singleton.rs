@@ -68,9 +68,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
 use connman_core::backoff::{Backoff, presets};
+use connman_core::driver::{Driver, Next};
 use connman_core::error::{BoxError, Closed, LinkLost, SharedError};
-use connman_core::lifecycle::{Action, Event, FailureKind, Lifecycle, State};
+use connman_core::lifecycle::{Event, FailureKind, Lifecycle, State};
 use connman_core::refhandle::{RefCounted, RefHandle};
+use connman_core::rt::tokio::{Publish, TokioTimer};
 use futures_util::FutureExt;
 use pin_project::pin_project;
 use tokio::sync::{broadcast, oneshot};
@@ -165,13 +167,12 @@ where
 
     /// Wraps `make`; remakes follow `backoff`.
     pub fn with_backoff(make: M, backoff: Box<dyn Backoff + Send>) -> Self {
-        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let publish = Publish::new(EVENT_CAPACITY);
         Self {
             make,
             shared: Arc::new(Mutex::new(Inner {
                 made: Made::Empty,
-                lifecycle: Lifecycle::new(backoff),
-                events,
+                driver: Driver::new(Lifecycle::new(backoff), TokioTimer::new(), publish),
             })),
             _target: PhantomData,
         }
@@ -183,32 +184,31 @@ where
         let mut inner = lock(&self.shared);
         if matches!(inner.made, Made::Ready(_)) {
             inner.made = Made::Empty;
-            inner.lifecycle.link_lost(now(), LinkLost::new());
-            inner.publish();
+            inner.driver.link_lost(LinkLost::new());
         }
     }
 
     /// Closes for good: waiting and later calls fail with [`Closed`]; the made connection is forgotten.
     pub fn close(&self) {
         let mut inner = lock(&self.shared);
-        inner.lifecycle.close(now());
+        // A make task waiting out the backoff or making is woken by the driver and finds it closed.
+        inner.driver.close();
         if let Made::Making(waiters) = std::mem::replace(&mut inner.made, Made::Empty) {
             for waiter in waiters {
                 // A waiter that is gone needs no answer.
                 let _ = waiter.send(Err(Failure::Closed));
             }
         }
-        inner.publish();
     }
 
     /// The lifecycle's state: idle, connecting, up, backing off or closed.
     pub fn state(&self) -> State {
-        lock(&self.shared).lifecycle.state()
+        lock(&self.shared).driver.state()
     }
 
     /// Lifecycle events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        lock(&self.shared).events.subscribe()
+        lock(&self.shared).driver.observer().subscribe()
     }
 
     /// The make-service.
@@ -263,7 +263,7 @@ where
     type Future = SingletonFuture<M::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if lock(&self.shared).lifecycle.state().is_closed() {
+        if lock(&self.shared).driver.state().is_closed() {
             return Poll::Ready(Err(Closed::new().into()));
         }
         // Always asked, so that `call` may use the make-service whatever the shared state has become meanwhile.
@@ -272,7 +272,7 @@ where
 
     fn call(&mut self, target: T) -> Self::Future {
         let mut inner = lock(&self.shared);
-        if inner.lifecycle.state().is_closed() {
+        if inner.driver.state().is_closed() {
             return SingletonFuture::ready(Err(Closed::new().into()));
         }
         match &mut inner.made {
@@ -287,17 +287,11 @@ where
             Made::Empty => {
                 let (tx, rx) = oneshot::channel();
                 inner.made = Made::Making(vec![tx]);
-                let wait = match inner.lifecycle.state() {
-                    State::Backoff { until, .. } => Some(tokio::time::Instant::from_std(until)),
-                    _ => {
-                        inner.lifecycle.start(now());
-                        None
-                    }
-                };
-                inner.publish();
+                // Idle: the first attempt starts now. Backing off: the make task waits the delay out first.
+                inner.driver.start();
                 drop(inner);
                 let future = self.make.call(target);
-                tokio::spawn(make(self.shared.clone(), future, wait));
+                tokio::spawn(make(self.shared.clone(), future));
                 SingletonFuture::waiting(rx)
             }
         }
@@ -363,18 +357,7 @@ impl<R> fmt::Debug for SingletonFuture<R> {
 
 struct Inner<R> {
     made: Made<R>,
-    lifecycle: Lifecycle<Box<dyn Backoff + Send>>,
-    events: broadcast::Sender<Event>,
-}
-
-impl<R> Inner<R> {
-    fn publish(&mut self) {
-        while let Some(event) = self.lifecycle.poll_event() {
-            tracing::debug!(%event, "singleton");
-            // No subscriber is fine.
-            let _ = self.events.send(event);
-        }
-    }
+    driver: Driver<Box<dyn Backoff + Send>, TokioTimer, Publish>,
 }
 
 enum Made<R> {
@@ -401,31 +384,24 @@ impl Failure {
 }
 
 /// Waits out the backoff, runs the make, and answers every waiter.
-async fn make<R, F, E>(shared: Arc<Mutex<Inner<R>>>, future: F, wait: Option<tokio::time::Instant>)
+async fn make<R, F, E>(shared: Arc<Mutex<Inner<R>>>, future: F)
 where
     F: Future<Output = Result<R, E>>,
     E: Into<BoxError>,
 {
-    if let Some(until) = wait {
-        tokio::time::sleep_until(until).await;
-        let mut inner = lock(&shared);
-        if !matches!(
-            inner.lifecycle.timer_fired(now()),
-            Some(Action::Connect { .. })
-        ) {
-            // Closed while waiting: `close` already answered the waiters.
-            inner.publish();
-            return;
-        }
-        inner.publish();
+    // The driver says when: at once after a start, after the delay while backing off.
+    let next = std::future::poll_fn(|cx| lock(&shared).driver.poll_next(cx)).await;
+    if !matches!(next, Next::Connect { .. }) {
+        // Closed while waiting: `close` already answered the waiters.
+        return;
     }
     let result = AssertUnwindSafe(future).catch_unwind().await;
     let mut inner = lock(&shared);
     let failure = match result {
         Ok(Ok(made)) => {
-            if inner.lifecycle.connected(now()).is_some() {
+            inner.driver.connected();
+            if inner.driver.state().is_closed() {
                 // Closed while making: the late connection is dropped here, which tears it down.
-                inner.publish();
                 return;
             }
             let counted = RefCounted::new(made, || {});
@@ -435,31 +411,24 @@ where
                 }
             }
             inner.made = Made::Ready(counted);
-            inner.publish();
             return;
         }
         Ok(Err(e)) => Failure::Connect(SharedError::from(e.into())),
         Err(_) => Failure::Panicked,
     };
+    // The driver keeps the wait the machine asks for; the next call's make task waits it out.
     let error: BoxError = failure.clone().into_error();
-    inner
-        .lifecycle
-        .connect_failed(now(), error, FailureKind::Retriable);
+    inner.driver.connect_failed(error, FailureKind::Retriable);
     if let Made::Making(waiters) = std::mem::replace(&mut inner.made, Made::Empty) {
         for waiter in waiters {
             let _ = waiter.send(Err(failure.clone()));
         }
     }
-    inner.publish();
 }
 
 fn lock<R>(shared: &Mutex<Inner<R>>) -> MutexGuard<'_, Inner<R>> {
     // No user code runs under this lock, so it is never poisoned by a callback.
     shared.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn now() -> std::time::Instant {
-    tokio::time::Instant::now().into_std()
 }
 
 #[cfg(test)]

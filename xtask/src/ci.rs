@@ -37,6 +37,7 @@ pub(crate) fn run(_args: &[String]) -> Result<(), String> {
     core_has_no_runtime()?;
     let (passed, failed) = tests()?;
     loom()?;
+    crate::fuzz::run(&["--seconds".into(), "5".into()])?;
     step(
         "benchmarks, quick smoke run",
         cargo().args(["xtask", "bench", "--quick", "--no-write"]),

@@ -1,14 +1,17 @@
 //! Project automation for connman, run as `cargo xtask <command>`.
 //!
-//! * `cargo xtask ci`: exactly what CI runs — formatting, clippy, every test (doc tests included), rustdoc, the
-//!   runtime-free check of connman-core, the loom models and a quick smoke run of the benchmarks.
+//! * `cargo xtask ci`: exactly what CI runs — the real peers' install, formatting, clippy, every test (doc tests
+//!   included), rustdoc, the runtime-free check of connman-core, the loom models, a 5 s run of each fuzz target and a
+//!   quick smoke run of the benchmarks.
 //! * `cargo xtask demo [--seconds N]`: the flaky-network demo (the README's first command).
 //! * `cargo xtask bench [--quick] [NAME]`: the benchmarks against their peers; writes `BENCHMARKS.md`.
+//! * `cargo xtask fuzz [--seconds N] [TARGET]`: the fuzz targets of `fuzz/` on the nightly toolchain (10 s each by default).
 //! * `cargo xtask peers`: installs the real peers the tests talk to (redis-server, Node `ws`, Python `websockets`).
 
 mod bench;
 mod ci;
 mod demo;
+mod fuzz;
 mod peers;
 mod tidy;
 
@@ -23,9 +26,10 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&args[1..]),
         Some("tidy") => tidy::run(),
         Some("peers") => peers::run(&args[1..]),
+        Some("fuzz") => fuzz::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | demo [--seconds N] | bench [--quick] [NAME] | peers | tidy>"
+                "usage: cargo xtask <ci | demo [--seconds N] | bench [--quick] [NAME] | fuzz [--seconds N] [TARGET] | peers | tidy>"
             );
             return ExitCode::from(2);
         }

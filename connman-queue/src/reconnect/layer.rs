@@ -7,6 +7,7 @@ use std::time::Duration;
 use connman_core::backoff::{Backoff, presets};
 use connman_core::error::{BoxError, InvalidConfig};
 use connman_core::lifecycle::{self, Event, FailureKind, State};
+use connman_core::rt::tokio::Publish;
 use connman_core::supervise::Disconnect;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
@@ -61,8 +62,7 @@ pub struct ReconnectLayer<Target, H = Identity> {
 /// The channels shared by every [`Reconnect`] of one layer.
 #[derive(Debug, Clone)]
 pub(crate) struct Observe {
-    pub(crate) state: watch::Sender<State>,
-    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) publish: Publish,
     pub(crate) close: CancellationToken,
 }
 
@@ -70,8 +70,6 @@ impl<Target> ReconnectLayer<Target> {
     /// Settings to reconnect to `target` with the defaults: the [`presets::connman`] backoff (20 ms doubling up to
     /// 128 s, never giving up), every failure retriable, no hook, a [`DEFAULT_HOOK_TIMEOUT`].
     pub fn new(target: Target) -> Self {
-        let (state, _) = watch::channel(State::Idle);
-        let (events, _) = broadcast::channel(EVENT_CAPACITY);
         Self {
             target,
             hook: Identity,
@@ -81,8 +79,7 @@ impl<Target> ReconnectLayer<Target> {
             settle_timeout: DEFAULT_SETTLE_TIMEOUT,
             config: lifecycle::Config::new(),
             observe: Observe {
-                state,
-                events,
+                publish: Publish::new(EVENT_CAPACITY),
                 close: CancellationToken::new(),
             },
         }
@@ -160,12 +157,12 @@ impl<Target, H> ReconnectLayer<Target, H> {
 
     /// The state of the link, as it changes.
     pub fn state(&self) -> watch::Receiver<State> {
-        self.observe.state.subscribe()
+        self.observe.publish.state()
     }
 
     /// The lifecycle events from now on, through a bounded channel ([`EVENT_CAPACITY`]).
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.observe.events.subscribe()
+        self.observe.publish.subscribe()
     }
 
     /// A handle that closes the link for good from anywhere.

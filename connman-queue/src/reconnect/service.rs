@@ -6,10 +6,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use connman_core::error::{BoxError, Closed, Elapsed, NotSent, SharedError};
-use connman_core::lifecycle::{Action, CloseReason, Event, Lifecycle, State};
+use connman_core::driver::{Driver, Next};
+use connman_core::error::{BoxError, Closed, Elapsed, NotSent};
+use connman_core::lifecycle::{CloseReason, Event, Lifecycle, State};
+use connman_core::rt::tokio::{Publish, TokioTimer};
 use tokio::sync::{broadcast, watch};
-use tokio::time::{Instant, Sleep, Timeout};
+use tokio::time::{Sleep, Timeout};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower_service::Service;
 
@@ -52,15 +54,16 @@ where
     classify: Classifier,
     hook_timeout: std::time::Duration,
     settle_timeout: std::time::Duration,
-    lifecycle: Lifecycle<BoxBackoff>,
-    conn: Conn<M::Future, H::Future, H::Service>,
+    /// The one source of truth about the link: idle, connecting, up, backing off or closed.
+    driver: Driver<BoxBackoff, TokioTimer, Publish>,
+    /// The connect in flight, while the machine is connecting and the make service has been called.
+    attempt: Option<Attempt<M::Future, H::Future>>,
+    /// The connection, while the machine is up.
+    svc: Option<H::Service>,
     /// The open calls of the current connection.
     calls: Arc<Calls>,
     /// The open calls of the last lost connection, and how long a new connection waits for them at most.
     settling: Option<(Arc<Calls>, Pin<Box<Sleep>>)>,
-    last_error: Option<SharedError>,
-    state: watch::Sender<State>,
-    events: broadcast::Sender<Event>,
     close: CancellationToken,
     close_wait: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
@@ -68,35 +71,13 @@ where
 /// After this many transitions in one `poll_ready` the service yields, so that a zero backoff cannot spin.
 const MAX_STEPS: usize = 16;
 
-enum Conn<F, HF, S> {
-    Idle,
-    MakeReady,
-    Connecting(Pin<Box<F>>),
+/// A connect attempt in flight: the make service's future, then the on-up hook's.
+enum Attempt<F, HF> {
+    Making(Pin<Box<F>>),
     Hooking(Pin<Box<Timeout<HF>>>),
-    Up(S),
-    Backoff(Pin<Box<Sleep>>),
-    Closed(Dead),
-}
-
-#[derive(Clone)]
-enum Dead {
-    Requested,
-    Fatal(Option<SharedError>),
-    GaveUp(Option<SharedError>),
-}
-
-impl Dead {
-    fn error(&self) -> BoxError {
-        match self {
-            Dead::Requested => Closed::new().into(),
-            Dead::Fatal(e) => FatalConnect::new(e.clone()).into(),
-            Dead::GaveUp(e) => GaveUp::new(e.clone()).into(),
-        }
-    }
 }
 
 enum Step {
-    Input(Option<Action>),
     Again,
     Park,
 }
@@ -126,13 +107,11 @@ where
             classify: layer.classify,
             hook_timeout: layer.hook_timeout,
             settle_timeout: layer.settle_timeout,
-            lifecycle,
-            conn: Conn::Idle,
+            driver: Driver::new(lifecycle, TokioTimer::new(), layer.observe.publish),
+            attempt: None,
+            svc: None,
             calls: Arc::default(),
             settling: None,
-            last_error: None,
-            state: layer.observe.state,
-            events: layer.observe.events,
             close: layer.observe.close,
             close_wait: None,
         }
@@ -150,12 +129,12 @@ where
 
     /// The state of the link, as it changes.
     pub fn state(&self) -> watch::Receiver<State> {
-        self.state.subscribe()
+        self.driver.observer().state()
     }
 
     /// The lifecycle events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.events.subscribe()
+        self.driver.observer().subscribe()
     }
 
     /// A handle that closes this link for good from anywhere.
@@ -171,59 +150,26 @@ where
     }
 
     fn close_now(&mut self) {
-        let now = now();
-        // The action (cancel the connect, drop the timer, tear down) is carried out by dropping what `conn` holds.
-        let _ = self.lifecycle.close(now);
-        if !matches!(self.conn, Conn::Closed(_)) {
-            self.conn = Conn::Closed(Dead::Requested);
-        }
-        self.publish();
+        self.driver.close();
+        // What the close cancels (the connect, the link) is dropped here; the driver dropped the timer.
+        self.attempt = None;
+        self.svc = None;
     }
 
-    fn apply(&mut self, action: Option<Action>) {
-        match action {
-            Some(Action::Connect { .. }) => self.conn = Conn::MakeReady,
-            Some(Action::Wait { until }) => {
-                self.conn =
-                    Conn::Backoff(Box::pin(tokio::time::sleep_until(Instant::from_std(until))));
-            }
-            Some(_) => self.conn = Conn::Closed(Dead::Requested),
-            None => {}
+    /// The error every `poll_ready` fails with once the machine is closed.
+    fn dead(&self, reason: CloseReason) -> BoxError {
+        let last = self.driver.lifecycle().last_error().cloned();
+        match reason {
+            CloseReason::Fatal => FatalConnect::new(last).into(),
+            CloseReason::GaveUp => GaveUp::new(last).into(),
+            _ => Closed::new().into(),
         }
-        self.publish();
     }
 
-    /// Drains the lifecycle's events into the channel and publishes the state.
-    fn publish(&mut self) {
-        while let Some(event) = self.lifecycle.poll_event() {
-            tracing::debug!(%event, "reconnect");
-            match &event {
-                Event::ConnectFailed { error, .. } => self.last_error = Some(error.clone()),
-                Event::Disconnected { reason } => self.last_error = Some(reason.clone()),
-                Event::Closed { reason } => {
-                    let dead = match reason {
-                        CloseReason::Fatal => Dead::Fatal(self.last_error.clone()),
-                        CloseReason::GaveUp => Dead::GaveUp(self.last_error.clone()),
-                        _ => Dead::Requested,
-                    };
-                    self.conn = Conn::Closed(dead);
-                }
-                _ => {}
-            }
-            // Nobody listening is fine: events are for whoever cares.
-            let _ = self.events.send(event);
-        }
-        let state = self.lifecycle.state();
-        self.state.send_if_modified(|s| {
-            let changed = *s != state;
-            *s = state;
-            changed
-        });
-    }
-
-    fn failed_attempt(&mut self, error: BoxError) -> Option<Action> {
+    fn failed_attempt(&mut self, error: BoxError) {
+        self.attempt = None;
         let kind = (self.classify)(&error);
-        self.lifecycle.connect_failed(now(), error, kind)
+        self.driver.connect_failed(error, kind);
     }
 
     /// The replay barrier: true once the calls of the last lost connection have all been dropped by their owners, or
@@ -266,70 +212,52 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         let mut steps = 0;
         loop {
-            if self.close.is_cancelled() && !matches!(self.conn, Conn::Closed(_)) {
+            if self.close.is_cancelled() && !self.driver.state().is_closed() {
                 self.close_now();
             }
-            let step = match &mut self.conn {
-                Conn::Closed(dead) => return Poll::Ready(Err(dead.error())),
-                Conn::Up(svc) => match svc.poll_ready(cx) {
-                    Poll::Ready(Ok(())) if self.settled(cx) => return Poll::Ready(Ok(())),
-                    Poll::Ready(Ok(())) | Poll::Pending => Step::Park,
-                    Poll::Ready(Err(e)) => {
-                        // The link is lost: drop the connection and back off before the next one. Its calls that
-                        // are still open must settle before the next connection serves anything.
-                        let e: BoxError = e.into();
-                        self.conn = Conn::Idle;
-                        let lost = std::mem::take(&mut self.calls);
-                        if lost.any_open() {
-                            let bound = Box::pin(tokio::time::sleep(self.settle_timeout));
-                            self.settling = Some((lost, bound));
-                        }
-                        Step::Input(self.lifecycle.link_lost(now(), e))
-                    }
-                },
-                Conn::Idle => Step::Input(self.lifecycle.start(now())),
-                Conn::MakeReady => match self.mk.poll_ready(cx) {
-                    Poll::Pending => Step::Park,
-                    Poll::Ready(Ok(())) => {
-                        let fut = self.mk.call(self.target.clone());
-                        self.conn = Conn::Connecting(Box::pin(fut));
-                        Step::Again
-                    }
-                    Poll::Ready(Err(e)) => Step::Input(self.failed_attempt(e.into())),
-                },
-                Conn::Connecting(fut) => match fut.as_mut().poll(cx) {
-                    Poll::Pending => Step::Park,
-                    Poll::Ready(Ok(conn)) => {
-                        let hook = self.hook.on_up(conn);
-                        self.conn =
-                            Conn::Hooking(Box::pin(tokio::time::timeout(self.hook_timeout, hook)));
-                        Step::Again
-                    }
-                    Poll::Ready(Err(e)) => Step::Input(self.failed_attempt(e.into())),
-                },
-                Conn::Hooking(fut) => match fut.as_mut().poll(cx) {
-                    Poll::Pending => Step::Park,
-                    Poll::Ready(Ok(Ok(svc))) => {
-                        self.conn = Conn::Up(svc);
-                        Step::Input(self.lifecycle.connected(now()))
-                    }
-                    Poll::Ready(Ok(Err(e))) => Step::Input(self.failed_attempt(e.into())),
-                    Poll::Ready(Err(_)) => Step::Input(self.failed_attempt(Elapsed::new().into())),
-                },
-                Conn::Backoff(sleep) => match sleep.as_mut().poll(cx) {
-                    Poll::Pending => Step::Park,
-                    Poll::Ready(()) => Step::Input(self.lifecycle.timer_fired(now())),
-                },
-            };
-            match step {
-                Step::Input(action) => self.apply(action),
-                Step::Again => {}
-                Step::Park => {
-                    if self.closed_while_parked(cx) {
-                        continue;
-                    }
-                    return Poll::Pending;
+            // The driver first: it fires the backoff timer, and hands out what the machine asks of this owner.
+            match self.driver.poll_next(cx) {
+                Poll::Ready(Next::Connect { .. }) => self.attempt = None,
+                Poll::Ready(Next::Closed { reason }) => {
+                    self.attempt = None;
+                    self.svc = None;
+                    return Poll::Ready(Err(self.dead(reason)));
                 }
+                // A connect to cancel or a link to tear down: dropping it does both.
+                Poll::Ready(_) => {
+                    self.attempt = None;
+                    self.svc = None;
+                }
+                Poll::Pending => {}
+            }
+            // Each arm either moves the machine on (`Again`) or waits on something it polled (`Park`); a `Park` comes
+            // only from an iteration that changed nothing, so the driver's poll above registered this task too.
+            let step = match self.driver.state() {
+                State::Idle => {
+                    self.driver.start();
+                    Step::Again
+                }
+                State::Up { .. } => match self.svc.as_mut().map(|svc| svc.poll_ready(cx)) {
+                    Some(Poll::Ready(Ok(()))) if self.settled(cx) => return Poll::Ready(Ok(())),
+                    Some(Poll::Ready(Ok(())) | Poll::Pending) => Step::Park,
+                    Some(Poll::Ready(Err(e))) => {
+                        self.lost(e.into());
+                        Step::Again
+                    }
+                    // Up without a connection cannot happen: the two are set together.
+                    None => {
+                        self.lost(Closed::new().into());
+                        Step::Again
+                    }
+                },
+                State::Connecting { .. } => self.poll_attempt(cx),
+                _ => Step::Park,
+            };
+            if let Step::Park = step {
+                if self.closed_while_parked(cx) {
+                    continue;
+                }
+                return Poll::Pending;
             }
             steps += 1;
             if steps >= MAX_STEPS {
@@ -340,11 +268,79 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        match &mut self.conn {
-            Conn::Up(svc) => ResponseFuture::called(svc.call(req), self.calls.open()),
+        match &mut self.svc {
+            Some(svc) => ResponseFuture::called(svc.call(req), self.calls.open()),
             // Called without a successful `poll_ready`: nothing was written, so the request may be retried.
-            _ => ResponseFuture::failed(NotSent::new().into()),
+            None => ResponseFuture::failed(NotSent::new().into()),
         }
+    }
+}
+
+impl<M, Target, H> Reconnect<M, Target, H>
+where
+    M: Service<Target>,
+    M::Error: Into<BoxError>,
+    Target: Clone,
+    H: OnUp<M::Response>,
+{
+    /// Moves the connect attempt on: the make service, then the hook. `Park` once it waits.
+    fn poll_attempt(&mut self, cx: &mut Context<'_>) -> Step {
+        match &mut self.attempt {
+            None => match self.mk.poll_ready(cx) {
+                Poll::Pending => Step::Park,
+                Poll::Ready(Ok(())) => {
+                    let fut = self.mk.call(self.target.clone());
+                    self.attempt = Some(Attempt::Making(Box::pin(fut)));
+                    Step::Again
+                }
+                Poll::Ready(Err(e)) => {
+                    self.failed_attempt(e.into());
+                    Step::Again
+                }
+            },
+            Some(Attempt::Making(fut)) => match fut.as_mut().poll(cx) {
+                Poll::Pending => Step::Park,
+                Poll::Ready(Ok(conn)) => {
+                    let hook = self.hook.on_up(conn);
+                    let hook = tokio::time::timeout(self.hook_timeout, hook);
+                    self.attempt = Some(Attempt::Hooking(Box::pin(hook)));
+                    Step::Again
+                }
+                Poll::Ready(Err(e)) => {
+                    self.failed_attempt(e.into());
+                    Step::Again
+                }
+            },
+            Some(Attempt::Hooking(fut)) => match fut.as_mut().poll(cx) {
+                Poll::Pending => Step::Park,
+                Poll::Ready(Ok(Ok(svc))) => {
+                    self.attempt = None;
+                    self.svc = Some(svc);
+                    self.driver.connected();
+                    Step::Again
+                }
+                Poll::Ready(Ok(Err(e))) => {
+                    self.failed_attempt(e.into());
+                    Step::Again
+                }
+                Poll::Ready(Err(_)) => {
+                    self.failed_attempt(Elapsed::new().into());
+                    Step::Again
+                }
+            },
+        }
+    }
+
+    /// The link is lost: drop the connection and back off before the next one. Its calls that are still open must
+    /// settle before the next connection serves anything.
+    fn lost(&mut self, error: BoxError) {
+        self.svc = None;
+        let lost = std::mem::take(&mut self.calls);
+        if lost.any_open() {
+            let bound = Box::pin(tokio::time::sleep(self.settle_timeout));
+            self.settling = Some((lost, bound));
+        }
+        self.driver.link_lost(error);
     }
 }
 
@@ -354,7 +350,7 @@ where
     H: OnUp<M::Response>,
 {
     fn drop(&mut self) {
-        if !self.lifecycle.state().is_closed() {
+        if !self.driver.state().is_closed() {
             self.close_now();
         }
     }
@@ -370,11 +366,7 @@ where
         f.debug_struct("Reconnect")
             .field("mk", &self.mk)
             .field("target", &self.target)
-            .field("lifecycle", &self.lifecycle)
+            .field("driver", &self.driver)
             .finish_non_exhaustive()
     }
-}
-
-fn now() -> std::time::Instant {
-    Instant::now().into_std()
 }

@@ -21,8 +21,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use connman_core::backoff::{Backoff, presets};
+use connman_core::driver::Driver;
 use connman_core::error::BoxError;
 use connman_core::lifecycle::{CloseReason, Config, FailureKind, Lifecycle};
+use connman_core::rt::tokio::TokioTimer;
 use connman_core::supervise::Disconnect;
 use connman_core::{Event, State};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -261,19 +263,22 @@ impl<C, T, H> Builder<C, T, H> {
         let span = tracing::info_span!("connection", target = ?self.target);
         let lifecycle =
             Lifecycle::with_config(self.backoff, Config::new().min_uptime(self.min_uptime));
+        let observe = task::Observe {
+            handler: self.handler,
+            writer: writer.clone(),
+            state: state_tx,
+            events: events_tx.clone(),
+            reason: reason.clone(),
+        };
         let supervisor = task::Supervisor {
             connector: self.connector,
             target: self.target,
-            handler: self.handler,
-            lifecycle,
+            driver: Driver::new(lifecycle, TokioTimer::new(), observe),
             connect_timeout: self.connect_timeout,
             classify: self.classify,
             read_buffer: self.read_buffer,
             stop: stop_rx,
-            state: state_tx,
-            events: events_tx.clone(),
             writer: writer.clone(),
-            reason: reason.clone(),
         };
         tokio::spawn(supervisor.run().instrument(span));
         Connection {

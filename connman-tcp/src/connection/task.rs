@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use connman_core::backoff::Backoff;
+use connman_core::driver::{Driver, Next, Observer};
 use connman_core::error::{BoxError, Elapsed, LinkLost};
-use connman_core::lifecycle::{Action, CloseReason, FailureKind, Lifecycle};
+use connman_core::lifecycle::{CloseReason, FailureKind};
+use connman_core::rt::tokio::TokioTimer;
 use connman_core::{Event, State};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::{broadcast, watch};
@@ -21,16 +23,46 @@ use crate::connector::{ConnectError, ConnectErrorKind};
 pub(super) struct Supervisor<C, T, H> {
     pub(super) connector: C,
     pub(super) target: T,
-    pub(super) handler: H,
-    pub(super) lifecycle: Lifecycle<Box<dyn Backoff + Send>>,
+    pub(super) driver: Driver<Box<dyn Backoff + Send>, TokioTimer, Observe<H>>,
     pub(super) connect_timeout: Duration,
     pub(super) classify: fn(&BoxError) -> FailureKind,
     pub(super) read_buffer: usize,
     pub(super) stop: watch::Receiver<bool>,
+    pub(super) writer: Writer,
+}
+
+/// Where the lifecycle's events go: the handler, the subscribers, the state watch.
+pub(super) struct Observe<H> {
+    pub(super) handler: H,
+    pub(super) writer: Writer,
     pub(super) state: watch::Sender<State>,
     pub(super) events: broadcast::Sender<Event>,
-    pub(super) writer: Writer,
     pub(super) reason: Arc<OnceLock<CloseReason>>,
+}
+
+impl<H: Handler> Observer for Observe<H> {
+    fn on_event(&mut self, event: Event) {
+        tracing::info!(%event, "connection event");
+        self.handler.on_event(&event);
+        match &event {
+            Event::Connected { first: true, .. } => self.handler.on_connect(self.writer.clone()),
+            Event::Connected { first: false, .. } => self.handler.on_reconnect(),
+            Event::Disconnected { .. } => self.handler.on_reset(),
+            Event::Closed { reason } => {
+                let _ = self.reason.set(*reason);
+            }
+            _ => {}
+        }
+        // No subscriber is not an error.
+        let _ = self.events.send(event);
+    }
+
+    fn on_state(&mut self, state: State) {
+        // `Closed` is published by `finish`, once `on_close` has run.
+        if !state.is_closed() {
+            self.state.send_replace(state);
+        }
+    }
 }
 
 impl<C, T, H, IO> Supervisor<C, T, H>
@@ -42,24 +74,31 @@ where
     H: Handler,
 {
     pub(super) async fn run(mut self) {
-        let mut next = self.lifecycle.start(now());
+        self.driver.start();
         loop {
-            self.dispatch();
-            next = match next {
-                Some(Action::Connect { .. }) => self.attempt().await,
-                Some(Action::Wait { until }) => self.wait(until).await,
-                // Cancel and tear-down actions were carried out where they arose; what remains is the end.
-                _ => break,
+            let next = tokio::select! {
+                biased;
+                next = self.driver.next() => next,
+                () = stopped(&mut self.stop) => {
+                    self.driver.close();
+                    continue;
+                }
             };
+            match next {
+                Next::Connect { .. } => self.attempt().await,
+                Next::Closed { .. } => break,
+                // A connect in flight or a link is dropped where it is held; nothing is held here.
+                _ => {}
+            }
         }
         self.finish().await;
     }
 
     /// One connect attempt, and the life of the link if it comes up.
-    async fn attempt(&mut self) -> Option<Action> {
+    async fn attempt(&mut self) {
         let ready: Result<(), BoxError> = tokio::select! {
             biased;
-            () = stopped(&mut self.stop) => return self.lifecycle.close(now()),
+            () = stopped(&mut self.stop) => return self.driver.close(),
             ready = poll_fn(|cx| self.connector.poll_ready(cx)) => ready.map_err(Into::into),
         };
         if let Err(e) = ready {
@@ -69,7 +108,7 @@ where
         let outcome: Result<Result<IO, BoxError>, _> = tokio::select! {
             biased;
             // Dropping the connect future aborts it: a controlled disconnect while connecting never yields a socket.
-            () = stopped(&mut self.stop) => return self.lifecycle.close(now()),
+            () = stopped(&mut self.stop) => return self.driver.close(),
             outcome = tokio::time::timeout(self.connect_timeout, connect) => outcome.map(|r| r.map_err(Into::into)),
         };
         match outcome {
@@ -86,25 +125,25 @@ where
         }
     }
 
-    fn failed(&mut self, error: BoxError) -> Option<Action> {
+    fn failed(&mut self, error: BoxError) {
         let kind = (self.classify)(&error);
         tracing::debug!(%error, ?kind, "connect attempt failed");
-        self.lifecycle.connect_failed(now(), error, kind)
+        self.driver.connect_failed(error, kind);
     }
 
     /// Runs an established link until it is lost or a disconnect is asked for.
-    async fn up(&mut self, io: IO) -> Option<Action> {
+    async fn up(&mut self, io: IO) {
         let (mut read, write) = tokio::io::split(io);
         let cancel = CancellationToken::new();
         // Should this task unwind (a handler panicked), writes on this link stop at once.
         let _cancel_on_drop = cancel.clone().drop_guard();
         self.writer.install(Box::new(write), cancel.clone()).await;
-        if let Some(action) = self.lifecycle.connected(now()) {
-            // Only a closed machine answers a connection this way; nothing to run.
+        self.driver.connected();
+        if self.driver.state().is_closed() {
+            // Only a closed machine answers a connection with a tear-down; nothing to run.
             self.writer.clear(&cancel, false, false).await;
-            return Some(action);
+            return;
         }
-        self.dispatch();
         let mut buf = BytesMut::with_capacity(self.read_buffer);
         let lost: Option<BoxError> = loop {
             // Chunks are split off the front; keep at least half a read's worth of room.
@@ -121,7 +160,7 @@ where
                 }
                 read = read.read_buf(&mut buf) => match read {
                     Ok(0) => break Some(LinkLost::new().into()),
-                    Ok(_) => self.handler.on_data(buf.split().freeze()),
+                    Ok(_) => self.driver.observer_mut().handler.on_data(buf.split().freeze()),
                     Err(e) => break Some(LinkLost::with_source(e).into()),
                 },
             }
@@ -129,55 +168,21 @@ where
         self.writer.clear(&cancel, lost.is_none(), false).await;
         drop(read);
         match lost {
-            None => self.lifecycle.close(now()),
+            None => self.driver.close(),
             Some(reason) => {
                 tracing::debug!(%reason, "link lost");
-                self.lifecycle.link_lost(now(), reason)
+                self.driver.link_lost(reason)
             }
-        }
-    }
-
-    async fn wait(&mut self, until: std::time::Instant) -> Option<Action> {
-        tokio::select! {
-            biased;
-            () = stopped(&mut self.stop) => self.lifecycle.close(now()),
-            () = tokio::time::sleep_until(until.into()) => self.lifecycle.timer_fired(now()),
-        }
-    }
-
-    /// Hands the lifecycle's events to the handler and the subscribers, and publishes the state.
-    fn dispatch(&mut self) {
-        while let Some(event) = self.lifecycle.poll_event() {
-            tracing::info!(%event, "connection event");
-            self.handler.on_event(&event);
-            match &event {
-                Event::Connected { first: true, .. } => {
-                    self.handler.on_connect(self.writer.clone())
-                }
-                Event::Connected { first: false, .. } => self.handler.on_reconnect(),
-                Event::Disconnected { .. } => self.handler.on_reset(),
-                Event::Closed { reason } => {
-                    let _ = self.reason.set(*reason);
-                }
-                _ => {}
-            }
-            // No subscriber is not an error.
-            let _ = self.events.send(event);
-        }
-        let state = self.lifecycle.state();
-        // `Closed` is published by `finish`, once `on_close` has run.
-        if !state.is_closed() {
-            self.state.send_replace(state);
         }
     }
 
     async fn finish(&mut self) {
         // Every path here comes from a closed machine; close again (a no-op) so that no path can end open.
-        let _ = self.lifecycle.close(now());
-        self.dispatch();
+        self.driver.close();
         self.writer.close().await;
-        self.handler.on_close();
-        self.state.send_replace(State::Closed);
+        let observe = self.driver.observer_mut();
+        observe.handler.on_close();
+        observe.state.send_replace(State::Closed);
     }
 }
 
@@ -187,11 +192,6 @@ impl<C, T, H> Drop for Supervisor<C, T, H> {
         // down), no writer may keep the socket's write half alive.
         self.writer.abandon();
     }
-}
-
-/// The current instant on tokio's clock, which tests can pause.
-fn now() -> std::time::Instant {
-    tokio::time::Instant::now().into_std()
 }
 
 /// Resolves once a disconnect is asked for.
