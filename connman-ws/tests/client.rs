@@ -541,3 +541,81 @@ async fn ws_12_errors_are_typed() {
     let second = second.expect_err("not sent");
     assert!(second.is::<NotSent>(), "{second:?}");
 }
+
+/// Request mode's codec for these tests: `req:<id> …` and `rep:<id> …` carry their id.
+fn correlate(msg: &Message) -> Option<u64> {
+    let text = std::str::from_utf8(msg.as_bytes()).ok()?;
+    let rest = text
+        .strip_prefix("req:")
+        .or_else(|| text.strip_prefix("rep:"))?;
+    rest.split(' ').next()?.parse().ok()
+}
+
+#[tokio::test(start_paused = true)]
+async fn ws_09_a_request_is_completed_only_when_answered() {
+    let (mut net, transport) = Net::new();
+    let (mut client, mut incoming) = Net::client(transport)
+        .correlate(correlate)
+        .build()
+        .expect("client");
+    let mut conn = net.accept().await;
+    let request = tokio::spawn(async move {
+        let reply = client.request("req:7 balance").await;
+        (client, reply)
+    });
+    assert_eq!(conn.next().await, Some(Seen::Text("req:7 balance".into())));
+    settle(Duration::from_secs(1)).await;
+    assert!(!request.is_finished(), "written is not answered");
+    conn.send("news of the day");
+    conn.send("rep:7 42");
+    let (mut client, reply) = request.await.expect("task");
+    assert_eq!(reply.expect("answered"), Message::from("rep:7 42"));
+    // The reply went to its request; other messages to the stream.
+    assert_eq!(recv(&mut incoming).await, Message::from("news of the day"));
+
+    // No id: refused, never sent.
+    let err = client.request("no id here").await.expect_err("no id");
+    assert!(err.is::<connman_ws::client::NoRequestId>());
+    // No answer in time on a live socket.
+    let (mut net, transport) = Net::new();
+    let (mut slow, _incoming) = Net::client(transport)
+        .correlate(correlate)
+        .request_timeout(Duration::from_secs(3))
+        .build()
+        .expect("client");
+    let _conn = net.accept().await;
+    let err = slow.request("req:1 ping").await.expect_err("unanswered");
+    assert!(err.is::<Elapsed>());
+}
+
+#[tokio::test(start_paused = true)]
+async fn ws_09_a_request_lost_with_its_link_is_maybe_delivered_or_replayed_when_idempotent() {
+    let (mut net, transport) = Net::new();
+    let (client, _incoming) = Net::client(transport)
+        .correlate(correlate)
+        .come_back_within(Duration::from_millis(100))
+        .build()
+        .expect("client");
+
+    let mut plain = client.clone();
+    let lost = tokio::spawn(async move { plain.request("req:1 transfer").await });
+    let mut conn = net.accept().await;
+    assert_eq!(conn.next().await, Some(Seen::Text("req:1 transfer".into())));
+    conn.drop_socket();
+    let err = lost.await.expect("task").expect_err("lost with its link");
+    assert!(err.is::<MaybeDelivered>(), "{err}");
+
+    let mut idempotent = client.clone();
+    let replayed = tokio::spawn(async move { idempotent.request_idempotent("req:2 read").await });
+    let mut conn = net.accept().await;
+    assert_eq!(conn.next().await, Some(Seen::Text("req:2 read".into())));
+    conn.drop_socket();
+    let mut again = net.accept().await;
+    assert_eq!(again.next().await, Some(Seen::Text("req:2 read".into())));
+    again.send("rep:2 done");
+    let reply = replayed
+        .await
+        .expect("task")
+        .expect("answered on the next socket");
+    assert_eq!(reply, Message::from("rep:2 done"));
+}

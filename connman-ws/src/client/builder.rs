@@ -20,6 +20,7 @@ use super::control::{Control, LinkSettings};
 use super::error::ClosedByPeer;
 use super::link::WsLink;
 use super::make::MakeLink;
+use super::message::{Correlate, Message};
 use super::service::{Incoming, WsClient};
 use super::stack::{self, BackoffFactory, StackSettings, UserHook};
 use crate::config::WsConfig;
@@ -41,6 +42,7 @@ use crate::error::HttpRejected;
 /// | [`handshake_timeout`](Self::handshake_timeout) | 10 s |
 /// | [`hook_timeout`](Self::hook_timeout) | 10 s |
 /// | [`close_timeout`](Self::close_timeout) | 5 s |
+/// | [`request_timeout`](Self::request_timeout) | 30 s |
 ///
 /// Close codes: 1001, 1012 and 4200 reconnect after a random delay in `[0, come_back_within]`; 1008 and 4009 end the
 /// client; any other code goes to [`classify_close`](Self::classify_close) (default: reconnect with the backoff).
@@ -66,6 +68,8 @@ pub struct WsClientBuilder<C> {
     max_message_size: usize,
     handshake_timeout: Duration,
     close_timeout: Duration,
+    correlate: Option<Correlate>,
+    request_timeout: Duration,
 }
 
 impl<C> WsClientBuilder<C> {
@@ -74,6 +78,8 @@ impl<C> WsClientBuilder<C> {
     /// The default spread of reconnects after a "come back" close: 2 s, so 10 000 clients closed at once come back at
     /// about 5000 per second.
     pub const DEFAULT_COME_BACK: Duration = Duration::from_secs(2);
+    /// How long a written request waits for its reply by default: 30 s, the queue's max wait.
+    pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
     /// The default number of received messages held for the reader: 1024.
     pub const DEFAULT_INBOUND_CAPACITY: usize = 1024;
 
@@ -108,6 +114,8 @@ impl<C> WsClientBuilder<C> {
             max_message_size: WsConfig::DEFAULT_MAX_MESSAGE_SIZE,
             handshake_timeout: WsConfig::DEFAULT_HANDSHAKE_TIMEOUT,
             close_timeout: WsConfig::DEFAULT_CLOSE_TIMEOUT,
+            correlate: None,
+            request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
         }
     }
 
@@ -139,6 +147,8 @@ impl<C> WsClientBuilder<C> {
             max_message_size: self.max_message_size,
             handshake_timeout: self.handshake_timeout,
             close_timeout: self.close_timeout,
+            correlate: self.correlate,
+            request_timeout: self.request_timeout,
         }
     }
 
@@ -246,6 +256,22 @@ impl<C> WsClientBuilder<C> {
         self
     }
 
+    /// Request mode: how to read the id of a request and of its reply (`None` for a message that is neither), for
+    /// [`WsClient::request`]. Replies are matched on the socket their request went out on.
+    pub fn correlate<F>(mut self, correlate: F) -> Self
+    where
+        F: Fn(&Message) -> Option<u64> + Send + Sync + 'static,
+    {
+        self.correlate = Some(Arc::new(correlate));
+        self
+    }
+
+    /// How long a written request waits for its reply (above zero).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
     /// Time allowed for the opening handshake (above zero).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
@@ -286,6 +312,9 @@ impl<C> WsClientBuilder<C> {
                 ));
             }
         }
+        if self.request_timeout.is_zero() {
+            return Err(InvalidConfig::new("request timeout must be above zero"));
+        }
         if self.inbound_capacity == 0 {
             return Err(InvalidConfig::new("inbound capacity must be above zero"));
         }
@@ -305,6 +334,8 @@ impl<C> WsClientBuilder<C> {
                 heartbeat: self.heartbeat,
                 come_back: self.come_back,
                 classify_close: self.classify_close,
+                correlate: self.correlate.clone(),
+                request_timeout: self.request_timeout,
             },
             inbound,
         ));
@@ -334,6 +365,7 @@ impl<C> WsClientBuilder<C> {
             built.handle,
             built.state,
             (self.max_message_size, ping_timeout, self.close_timeout),
+            self.correlate,
         );
         Ok((client, Incoming::new(incoming)))
     }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::ClosedByPeer;
 use super::link::LinkHandle;
-use super::message::Message;
+use super::message::{Correlate, Message};
 
 /// Most distinct tasks remembered as waiting for the link.
 const MAX_WAITERS: usize = 8;
@@ -128,6 +128,10 @@ pub(crate) struct LinkSettings {
     pub(crate) heartbeat: Option<(Duration, Duration)>,
     pub(crate) come_back: Duration,
     pub(crate) classify_close: CloseClassifier,
+    /// Request mode: the id of a request or a reply.
+    pub(crate) correlate: Option<Correlate>,
+    /// How long a written request waits for its reply.
+    pub(crate) request_timeout: Duration,
 }
 
 /// One client's shared state.

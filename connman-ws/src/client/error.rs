@@ -65,3 +65,24 @@ impl fmt::Display for NotConnected {
 }
 
 impl Error for NotConnected {}
+
+/// A request whose id the client's [`correlate`](super::WsClientBuilder::correlate) function could not extract (or a
+/// client without one), or whose id is already waiting for a reply on this socket.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NoRequestId {
+    _private: (),
+}
+
+impl NoRequestId {
+    pub(crate) const fn new() -> Self {
+        Self { _private: () }
+    }
+}
+
+impl fmt::Display for NoRequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the request has no id of its own to match a reply")
+    }
+}
+
+impl Error for NoRequestId {}

@@ -1,6 +1,6 @@
 //! [`WsLink`]: one socket of a client, as a `tower_service::Service<Message, Response = ()>`.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -23,8 +23,9 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tower_service::Service;
 
 use super::control::{ClientEvent, CloseAction, Control, lock};
+use super::error::NoRequestId;
 use super::error::{ClosedByPeer, NotConnected};
-use super::message::Message;
+use super::message::{Correlate, Message, Outgoing};
 use crate::error::PongTimeout;
 use crate::stream::{Received, WsMember, WsReceiver, WsStream};
 
@@ -64,6 +65,10 @@ struct LinkState {
     stop: CancellationToken,
     /// Pings written and not yet answered: id, when written, who waits.
     pings: Mutex<VecDeque<Ping>>,
+    /// Requests waiting for their reply, by id (request mode).
+    replies: Mutex<HashMap<u64, oneshot::Sender<Message>>>,
+    correlate: Option<Correlate>,
+    request_timeout: Duration,
 }
 
 impl LinkState {
@@ -112,6 +117,9 @@ impl WsLink {
             reason: OnceLock::new(),
             stop: CancellationToken::new(),
             pings: Mutex::new(VecDeque::new()),
+            replies: Mutex::new(HashMap::new()),
+            correlate: control.settings.correlate.clone(),
+            request_timeout: control.settings.request_timeout,
         });
         let handle = LinkHandle { tx, state };
         tokio::spawn(writer(member, rx, handle.state.clone(), control.clone()));
@@ -134,6 +142,24 @@ impl WsLink {
         Service::call(self, msg).await
     }
 
+    /// Sends the request `msg` on this socket, bypassing the client's queue, and resolves with the reply whose id
+    /// (as the client's [`correlate`](super::WsClientBuilder::correlate) function reads it) matches: an
+    /// acknowledged re-authentication in an on-up hook.
+    pub async fn request(&mut self, msg: impl Into<Message>) -> Result<Message, BoxError> {
+        let msg = msg.into();
+        let id = self.handle.request_id(&msg)?;
+        std::future::poll_fn(|cx| Service::<Message>::poll_ready(self, cx)).await?;
+        let reply = Service::call(
+            self,
+            Outgoing {
+                msg,
+                reply: Some(id),
+            },
+        )
+        .await?;
+        reply.ok_or_else(|| NoRequestId::new().into())
+    }
+
     /// Pings the server on this socket and resolves with the round trip time when the pong comes back.
     pub async fn ping(&self) -> Result<Duration, BoxError> {
         self.handle.ping().await
@@ -146,6 +172,15 @@ impl WsLink {
 }
 
 impl LinkHandle {
+    /// The id of a request, for request mode.
+    pub(crate) fn request_id(&self, msg: &Message) -> Result<u64, BoxError> {
+        self.state
+            .correlate
+            .as_ref()
+            .and_then(|correlate| correlate(msg))
+            .ok_or_else(|| NoRequestId::new().into())
+    }
+
     pub(crate) fn dead(&self) -> CancellationToken {
         self.state.dead.clone()
     }
@@ -209,6 +244,56 @@ impl Service<Message> for WsLink {
         SendFuture {
             inner: Err(Some(refused)),
         }
+    }
+}
+
+/// The response of a request or a send below the client's queue.
+pub(crate) type OutgoingFuture =
+    Pin<Box<dyn Future<Output = Result<Option<Message>, BoxError>> + Send>>;
+
+/// The client's own requests: a plain send resolves with `None` once written; a request with an id resolves with its
+/// reply. A request written to a socket that then ends before its reply fails with [`MaybeDelivered`]; one whose
+/// reply does not come within the request timeout with [`Elapsed`](connman_core::error::Elapsed).
+impl Service<Outgoing> for WsLink {
+    type Response = Option<Message>;
+    type Error = BoxError;
+    type Future = OutgoingFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Service::<Message>::poll_ready(self, cx)
+    }
+
+    fn call(&mut self, out: Outgoing) -> OutgoingFuture {
+        let Some(id) = out.reply else {
+            let written = Service::<Message>::call(self, out.msg);
+            return Box::pin(async move { written.await.map(|()| None) });
+        };
+        let state = self.handle.state.clone();
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut replies = lock(&state.replies);
+            if replies.get(&id).is_some_and(|waiting| !waiting.is_closed()) {
+                return Box::pin(std::future::ready(Err(NoRequestId::new().into())));
+            }
+            replies.insert(id, tx);
+        }
+        let written = Service::<Message>::call(self, out.msg);
+        Box::pin(async move {
+            let forget = |state: &LinkState| {
+                lock(&state.replies).remove(&id);
+            };
+            if let Err(e) = written.await {
+                forget(&state);
+                return Err(e);
+            }
+            let answer = tokio::select! {
+                reply = rx => reply.map_err(|_| BoxError::from(MaybeDelivered::with_source(state.lost()))),
+                () = state.dead.cancelled() => Err(MaybeDelivered::with_source(state.lost()).into()),
+                () = tokio::time::sleep(state.request_timeout) => Err(connman_core::error::Elapsed::new().into()),
+            };
+            forget(&state);
+            answer.map(Some)
+        })
     }
 }
 
@@ -505,6 +590,11 @@ where
             lock(&state.pings).retain(|(_, _, waiter)| waiter.is_some());
             next_beat = (sent + interval).max(Instant::now());
         }
+        // Request mode: a reply goes to its request, not to the stream.
+        let msg = match deliver_reply(state, msg) {
+            Some(msg) => msg,
+            None => continue,
+        };
         let Some(inbound) = &inbound else { continue };
         let delivered = tokio::select! {
             biased;
@@ -521,6 +611,24 @@ where
         End::Lost(reason) => state.declare_dead(reason),
     }
     lock(&state.pings).clear();
+    lock(&state.replies).clear();
+}
+
+/// Hands `msg` to the request waiting for it, if it is a reply to one; gives it back otherwise.
+fn deliver_reply(state: &LinkState, msg: Message) -> Option<Message> {
+    let Some(id) = state
+        .correlate
+        .as_ref()
+        .and_then(|correlate| correlate(&msg))
+    else {
+        return Some(msg);
+    };
+    let waiting = lock(&state.replies).remove(&id);
+    match waiting {
+        // A request that gave up waiting gives the reply back: an ordinary message now.
+        Some(tx) => tx.send(msg).err(),
+        None => Some(msg),
+    }
 }
 
 /// Resolves the pings up to `id` (a pong answers the latest ping); the round trip time of `id` itself, if it was

@@ -101,3 +101,13 @@ impl From<&[u8]> for Message {
         Self::Binary(Bytes::copy_from_slice(bytes))
     }
 }
+
+/// A message on its way down the client's stack: a plain send, or a request that waits for the reply with `reply`.
+#[derive(Debug, Clone)]
+pub(crate) struct Outgoing {
+    pub(crate) msg: Message,
+    pub(crate) reply: Option<u64>,
+}
+
+/// Extracts the id that matches a reply to its request, from either (request mode).
+pub(crate) type Correlate = std::sync::Arc<dyn Fn(&Message) -> Option<u64> + Send + Sync>;

@@ -20,6 +20,13 @@
 //! [`reject_when_full`](WsClientBuilder::reject_when_full), fails with
 //! [`Overloaded`](connman_core::error::Overloaded): nothing is dropped silently.
 //!
+//! # Request mode
+//!
+//! Where the application has receipts, [`WsClient::request`] sends a message and resolves with the received message
+//! that answers it, matched by an id that the [`correlate`](WsClientBuilder::correlate) function reads from both (as
+//! socket.io's `emitWithAck`). A request is completed only when answered; one lost with its socket is
+//! `MaybeDelivered`, or sent again on the next socket with [`WsClient::request_idempotent`].
+//!
 //! # Close codes
 //!
 //! | server's close | the client |
@@ -83,7 +90,7 @@ mod stack;
 
 pub use builder::WsClientBuilder;
 pub use control::{ClientEvent, CloseAction, EVENT_CAPACITY};
-pub use error::{ClosedByPeer, NotConnected};
+pub use error::{ClosedByPeer, NoRequestId, NotConnected};
 pub use link::{SendFuture, WsLink};
 pub use message::Message;
 pub use service::{ClientFuture, Incoming, WsClient};

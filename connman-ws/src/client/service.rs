@@ -10,7 +10,7 @@ use std::time::Duration;
 use connman_core::State;
 use connman_core::error::{BoxError, Closed, Elapsed};
 use connman_core::member::CloseCode;
-use connman_queue::queue::{QueueHandle, QueueStats};
+use connman_queue::queue::{CallOptions, QueueHandle, QueueStats};
 use connman_tcp::TcpConnector;
 use futures_core::Stream;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -18,8 +18,9 @@ use tower_service::Service;
 
 use super::builder::WsClientBuilder;
 use super::control::{ClientEvent, Control, Terminal};
+use super::error::NoRequestId;
 use super::error::NotConnected;
-use super::message::Message;
+use super::message::{Correlate, Message, Outgoing};
 use super::stack::Stack;
 use crate::error::MessageTooBig;
 
@@ -42,6 +43,7 @@ struct Inner {
     max_send_size: usize,
     ping_timeout: Duration,
     close_timeout: Duration,
+    correlate: Option<Correlate>,
 }
 
 impl Drop for Inner {
@@ -65,6 +67,7 @@ impl WsClient {
         handle: QueueHandle,
         state: watch::Receiver<State>,
         (max_send_size, ping_timeout, close_timeout): (usize, Duration, Duration),
+        correlate: Option<Correlate>,
     ) -> Self {
         Self {
             queue,
@@ -75,6 +78,7 @@ impl WsClient {
                 max_send_size,
                 ping_timeout,
                 close_timeout,
+                correlate,
             }),
         }
     }
@@ -93,6 +97,58 @@ impl WsClient {
         let msg = msg.into();
         std::future::poll_fn(|cx| Service::<Message>::poll_ready(self, cx)).await?;
         Service::call(self, msg).await
+    }
+
+    /// Request mode: sends the request `msg` and resolves with its reply, the received message whose id (as the
+    /// [`correlate`](WsClientBuilder::correlate) function reads it) is the request's own, as socket.io's
+    /// `emitWithAck` does. The reply does not appear on [`Incoming`].
+    ///
+    /// A request is completed only when answered. One written to a socket that failed before its reply ends
+    /// [`MaybeDelivered`](connman_core::error::MaybeDelivered) (it may have been handled); one never written is
+    /// replayed, as a send is; one unanswered within the [request timeout](WsClientBuilder::request_timeout) on a
+    /// live socket ends [`Elapsed`]. Without an id (or a `correlate` function) it fails with [`NoRequestId`] and is
+    /// never sent. The other outcomes are those of [`send`](Self::send).
+    pub async fn request(&mut self, msg: impl Into<Message>) -> Result<Message, BoxError> {
+        self.request_with(msg.into(), CallOptions::new()).await
+    }
+
+    /// As [`request`](Self::request), for a request that is safe to handle twice: one lost with its socket before
+    /// the reply is sent again on the next socket instead of ending `MaybeDelivered` (at-least-once).
+    pub async fn request_idempotent(
+        &mut self,
+        msg: impl Into<Message>,
+    ) -> Result<Message, BoxError> {
+        self.request_with(msg.into(), CallOptions::new().idempotent())
+            .await
+    }
+
+    async fn request_with(
+        &mut self,
+        msg: Message,
+        options: CallOptions,
+    ) -> Result<Message, BoxError> {
+        let id = self
+            .inner
+            .correlate
+            .as_ref()
+            .and_then(|correlate| correlate(&msg))
+            .ok_or_else(NoRequestId::new)?;
+        if msg.len() > self.inner.max_send_size {
+            return Err(MessageTooBig::new(msg.len(), self.inner.max_send_size).into());
+        }
+        std::future::poll_fn(|cx| Service::<Message>::poll_ready(self, cx)).await?;
+        let reply = self
+            .queue
+            .call_with(
+                Outgoing {
+                    msg,
+                    reply: Some(id),
+                },
+                options,
+            )
+            .await
+            .map_err(|e| self.inner.map_error(e))?;
+        reply.ok_or_else(|| NoRequestId::new().into())
     }
 
     /// The state of the link, as it changes.
@@ -167,7 +223,7 @@ impl Service<Message> for WsClient {
             };
         }
         ClientFuture {
-            inner: Some(Box::pin(self.queue.call(msg))),
+            inner: Some(Box::pin(self.queue.call(Outgoing { msg, reply: None }))),
             refused: None,
             client: self.inner.clone(),
         }
@@ -212,7 +268,7 @@ pub struct ClientFuture {
     client: Arc<Inner>,
 }
 
-type QueueFuture = <Stack as Service<Message>>::Future;
+type QueueFuture = <Stack as Service<Outgoing>>::Future;
 
 impl Future for ClientFuture {
     type Output = Result<(), BoxError>;
@@ -226,7 +282,7 @@ impl Future for ClientFuture {
                 .unwrap_or_else(|| Closed::new().into())));
         };
         let result = ready!(inner.as_mut().poll(cx));
-        Poll::Ready(result.map_err(|e| this.client.map_error(e)))
+        Poll::Ready(result.map(drop).map_err(|e| this.client.map_error(e)))
     }
 }
 

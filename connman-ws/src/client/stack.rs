@@ -23,7 +23,7 @@ use tower_service::Service;
 use super::control::{ClientEvent, Control, Terminal, lock};
 use super::link::WsLink;
 use super::make::MakeLink;
-use super::message::Message;
+use super::message::{Message, Outgoing};
 
 /// The user's on-up hook.
 pub(crate) type UserHook =
@@ -35,27 +35,27 @@ pub(crate) type BackoffFactory = Arc<dyn Fn() -> Box<dyn Backoff + Send + Sync> 
 pub(crate) type ConnectClassifier = Arc<dyn Fn(&BoxError) -> FailureKind + Send + Sync>;
 
 /// The queue in front of the reconnecting service: what a [`WsClient`](super::WsClient) handle holds.
-pub(crate) type Stack = Queue<Driven, Message>;
+pub(crate) type Stack = Queue<Driven, Outgoing>;
 
 /// A future of a send below the queue.
-pub(crate) type SendBox = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
+pub(crate) type SendBox = Pin<Box<dyn Future<Output = Result<Option<Message>, BoxError>> + Send>>;
 
 /// The reconnecting service, whatever its transport.
 pub(crate) trait Erased: Send {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>>;
-    fn call(&mut self, msg: Message) -> SendBox;
+    fn call(&mut self, msg: Outgoing) -> SendBox;
 }
 
 impl<R> Erased for R
 where
-    R: Service<Message, Response = (), Error = BoxError> + Send,
+    R: Service<Outgoing, Response = Option<Message>, Error = BoxError> + Send,
     R::Future: Send + 'static,
 {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         Service::poll_ready(self, cx)
     }
 
-    fn call(&mut self, msg: Message) -> SendBox {
+    fn call(&mut self, msg: Outgoing) -> SendBox {
         Box::pin(Service::call(self, msg))
     }
 }
@@ -70,7 +70,7 @@ pub(crate) struct StackSettings {
     pub(crate) hook: Option<UserHook>,
     pub(crate) hook_timeout: Duration,
     pub(crate) min_uptime: Duration,
-    pub(crate) queue: QueueLayer<Message>,
+    pub(crate) queue: QueueLayer<Outgoing>,
 }
 
 /// Builds the stack over `make` and spawns its driver.
@@ -136,8 +136,8 @@ pub(crate) struct Driven {
     control: Arc<Control>,
 }
 
-impl Service<Message> for Driven {
-    type Response = ();
+impl Service<Outgoing> for Driven {
+    type Response = Option<Message>;
     type Error = BoxError;
     type Future = SendBox;
 
@@ -154,7 +154,7 @@ impl Service<Message> for Driven {
         }
     }
 
-    fn call(&mut self, msg: Message) -> SendBox {
+    fn call(&mut self, msg: Outgoing) -> SendBox {
         // The driver saw the `Reconnect` ready and up; a call on a socket that ended since fails as not sent.
         lock(&self.inner).call(msg)
     }
