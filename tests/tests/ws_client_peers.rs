@@ -209,6 +209,96 @@ async fn restarted_twice_under_load(kind: Kind) {
     peer.kill().await;
 }
 
+/// Request mode through the same restarts: every message is an idempotent request answered by its echo, so each one
+/// is completed only when a server has handled it, and one lost with a killed server is sent again on the next
+/// connection. Every request ends answered; the servers together saw every message (some twice).
+async fn requests_restarted_twice_under_load(kind: Kind) {
+    const SENDS: u32 = 3000;
+    const WINDOW: usize = 32;
+    let mut peer = Peer::spawn(script(kind, 0)).await;
+    let port = peer.port();
+    let (client, mut incoming) = WsClient::builder(&format!("ws://127.0.0.1:{port}/"))
+        .correlate(|msg| {
+            std::str::from_utf8(msg.as_bytes())
+                .ok()?
+                .strip_prefix('m')?
+                .parse()
+                .ok()
+        })
+        .max_wait(Duration::from_secs(60))
+        .build()
+        .expect("client");
+    let drain = tokio::spawn(async move { while incoming.next().await.is_some() {} });
+    let sender = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let window = std::sync::Arc::new(tokio::sync::Semaphore::new(WINDOW));
+            let mut requests = tokio::task::JoinSet::new();
+            for i in 0..SENDS {
+                let permit = window.clone().acquire_owned().await.expect("semaphore");
+                let mut client = client.clone();
+                requests.spawn(async move {
+                    let reply = client.request_idempotent(format!("m{i}")).await;
+                    drop(permit);
+                    (i, reply)
+                });
+            }
+            let mut outcomes = Vec::new();
+            while let Some(done) = requests.join_next().await {
+                outcomes.push(done.expect("request task"));
+            }
+            outcomes
+        })
+    };
+    let mut got = Vec::new();
+    let distinct = |got: &Vec<u32>| got.iter().copied().collect::<HashSet<u32>>().len();
+    for restart in 1..=2u32 {
+        while distinct(&got) < (restart * SENDS / 3) as usize {
+            let before = got.len();
+            read_got(&mut peer, &mut got, before + 1, &client).await;
+        }
+        peer.child().start_kill().expect("kill");
+        read_got(&mut peer, &mut got, usize::MAX, &client).await;
+        peer = Peer::spawn(script(kind, port)).await;
+    }
+    let outcomes = timeout(Duration::from_secs(120), sender)
+        .await
+        .expect("every request answered in time")
+        .expect("sender");
+    assert_eq!(outcomes.len(), SENDS as usize, "one outcome per request");
+    let failed: Vec<_> = outcomes
+        .iter()
+        .filter_map(|(i, o)| match o {
+            Ok(reply) if reply.as_bytes() == format!("m{i}").as_bytes() => None,
+            Ok(reply) => Some(format!("m{i}: wrong reply {reply:?}")),
+            Err(e) => Some(format!("m{i}: {e}")),
+        })
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    while distinct(&got) < SENDS as usize {
+        let before = got.len();
+        read_got(&mut peer, &mut got, before + 1, &client).await;
+    }
+    eprintln!(
+        "requests through two restarts: {SENDS} answered, {} handled twice, {} replayed",
+        got.len() - SENDS as usize,
+        client.stats().replayed
+    );
+    drop(client);
+    drain.abort();
+    peer.kill().await;
+}
+
+#[tokio::test]
+async fn ws_09_node_ws_restarted_twice_every_request_answered() {
+    requests_restarted_twice_under_load(Kind::Node).await;
+}
+
+#[tokio::test]
+async fn ws_09_python_websockets_restarted_twice_every_request_answered() {
+    requests_restarted_twice_under_load(Kind::Python).await;
+}
+
 #[tokio::test]
 async fn ws_09_node_ws_restarted_twice_under_load() {
     restarted_twice_under_load(Kind::Node).await;
