@@ -388,10 +388,10 @@ async fn writer<IO>(
         let first = tokio::select! {
             biased;
             () = state.dead.cancelled() => break 'run Stop::Quiet,
-            () = state.stop.cancelled() => break 'run Stop::Quiet,
+            () = state.stop.cancelled() => break 'run Stop::Dropped,
             cmd = rx.recv() => match cmd {
                 Some(cmd) => cmd,
-                None => break 'run Stop::Quiet,
+                None => break 'run Stop::Dropped,
             },
         };
         batch.push(first);
@@ -446,7 +446,7 @@ async fn writer<IO>(
         }
         let flushed = match stop {
             Some(Stop::Failed(ref error)) => Err(error.clone()),
-            Some(Stop::Quiet) => Ok(()),
+            Some(Stop::Quiet | Stop::Dropped) => Ok(()),
             None => guarded(&state, async { member.flush().await })
                 .await
                 .map_err(SharedError::from),
@@ -471,10 +471,22 @@ async fn writer<IO>(
             break 'run stop;
         }
     };
-    if let Stop::Failed(error) = stopped {
-        if !state.dead.is_cancelled() && !state.stop.is_cancelled() {
-            state.declare_dead(LinkLost::with_source(SharedSource(error)).into());
+    match stopped {
+        Stop::Failed(error) => {
+            if !state.dead.is_cancelled() && !state.stop.is_cancelled() {
+                state.declare_dead(LinkLost::with_source(SharedSource(error)).into());
+            }
         }
+        // The client let go of a live socket (it ended, or the socket was replaced): say goodbye with 1001 rather
+        // than a bare reset, for at most a second.
+        Stop::Dropped if !state.dead.is_cancelled() => {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                member.close(CloseCode::GOING_AWAY, ""),
+            )
+            .await;
+        }
+        Stop::Dropped | Stop::Quiet => {}
     }
     // Nothing more is written on this socket: whatever still waits was never written.
     rx.close();
@@ -488,8 +500,10 @@ async fn writer<IO>(
 
 /// Why a writer stopped.
 enum Stop {
-    /// The socket ended, the link was dropped, or we closed it: nothing to declare.
+    /// The socket ended, or we closed it: nothing to declare.
     Quiet,
+    /// The link was dropped while the socket may still be open.
+    Dropped,
     /// Writing failed: the socket is lost.
     Failed(SharedError),
 }
