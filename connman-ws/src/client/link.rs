@@ -23,8 +23,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tower_service::Service;
 
 use super::control::{ClientEvent, CloseAction, Control, lock};
-use super::error::NoRequestId;
-use super::error::{ClosedByPeer, NotConnected};
+use super::error::{ClosedByPeer, NoRequestId, NotConnected};
 use super::message::{Correlate, Message, Outgoing};
 use crate::error::PongTimeout;
 use crate::stream::{Received, WsMember, WsReceiver, WsStream};
@@ -122,7 +121,7 @@ impl WsLink {
             request_timeout: control.settings.request_timeout,
         });
         let handle = LinkHandle { tx, state };
-        tokio::spawn(writer(member, rx, handle.state.clone(), control.clone()));
+        tokio::spawn(writer(member, rx, handle.state.clone()));
         tokio::spawn(reader(receiver, handle.clone(), control));
         let guard = Arc::new(handle.state.stop.clone().drop_guard());
         Self {
@@ -160,9 +159,13 @@ impl WsLink {
         reply.ok_or_else(|| NoRequestId::new().into())
     }
 
-    /// Pings the server on this socket and resolves with the round trip time when the pong comes back.
+    /// Pings the server on this socket and resolves with the round trip time when the pong comes back; fails with
+    /// [`Elapsed`](connman_core::error::Elapsed) after the request timeout.
     pub async fn ping(&self) -> Result<Duration, BoxError> {
-        self.handle.ping().await
+        match tokio::time::timeout(self.handle.state.request_timeout, self.handle.ping()).await {
+            Ok(result) => result,
+            Err(_) => Err(connman_core::error::Elapsed::new().into()),
+        }
     }
 
     /// Whether the socket has ended.
@@ -374,12 +377,8 @@ where
     member.start_send_message(frame)
 }
 
-async fn writer<IO>(
-    mut member: WsMember<IO>,
-    mut rx: mpsc::Receiver<Cmd>,
-    state: Arc<LinkState>,
-    control: Arc<Control>,
-) where
+async fn writer<IO>(mut member: WsMember<IO>, mut rx: mpsc::Receiver<Cmd>, state: Arc<LinkState>)
+where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -495,7 +494,6 @@ async fn writer<IO>(
             let _ = tx.send(Err(not_sent(&state)));
         }
     }
-    drop(control);
 }
 
 /// Why a writer stopped.
