@@ -60,6 +60,7 @@
 //! ```
 
 pub mod drain;
+pub mod error;
 pub mod group;
 pub mod pool;
 pub mod registry;

@@ -10,7 +10,7 @@ use connman_core::backoff::Constant;
 use connman_core::error::{BoxError, Closed, Duplicate, Elapsed, InvalidConfig, NotFound};
 use connman_pool::registry::{
     Config, ConnectFailed, DEFAULT_CONNECT_TIMEOUT, DEFAULT_GRACE, Get, Mismatch, Panicked,
-    Removed, Spec,
+    Removed, Scope, Spec,
 };
 use support::{Conn, Creds, Plan, Probe, creds, ms, registry, registry_with, scope, secs, settle};
 use tokio::time::{Instant, sleep};
@@ -927,4 +927,117 @@ async fn dropping_the_registry_tears_connections_down() {
     }
     sleep(DEFAULT_GRACE + secs(1)).await;
     assert_eq!(probe.disconnects(), 1);
+}
+
+/// A scope that takes a connection and lets go of it leaves no trace: 10^5 of them come and go, and the tables are
+/// back to their size (the leak of 330 B per scope id that never left `scopes` and `held`).
+#[tokio::test(start_paused = true)]
+async fn cm_02_scopes_that_come_and_go_leave_no_trace() {
+    let reg = registry();
+    let probe = Probe::default();
+    let creator = reg.manager("ns", scope("creator", "c"));
+    creator.create(probe.spec("x", creds())).await.unwrap();
+    let baseline = reg.stats();
+    assert_eq!(
+        (baseline.namespaces, baseline.scopes, baseline.connections),
+        (1, 1, 1)
+    );
+    for n in 0..100_000 {
+        let manager = reg.manager("ns", Scope::new(format!("scope-{n}"), "s"));
+        found(manager.get("x", &creds()));
+        assert_eq!(manager.remove("x"), Removed::Released { remaining: 1 });
+    }
+    assert_eq!(reg.stats(), baseline);
+    // A scope that still holds stays until it lets go, through any manager of it.
+    let holder = reg.manager("ns", scope("holder", "h"));
+    found(holder.get("x", &creds()));
+    drop(holder);
+    assert_eq!(reg.stats().scopes, 2);
+    let again = reg.manager("ns", scope("holder", "other data"));
+    assert_eq!(*again.scope().data(), "h", "the holding scope lived on");
+    assert_eq!(again.remove("x"), Removed::Released { remaining: 1 });
+    drop(again);
+    assert_eq!(reg.stats(), baseline);
+    // Gone for good: the next scope of that id is registered afresh, with its own data.
+    let fresh = reg.manager("ns", scope("holder", "new"));
+    assert_eq!(*fresh.scope().data(), "new");
+}
+
+/// A namespace with no scope and no connection leaves the registry, also after its last connection was torn down.
+#[tokio::test(start_paused = true)]
+async fn cm_03_namespaces_nobody_uses_leave_the_registry() {
+    let reg = registry();
+    drop(reg.manager("empty", scope("a", "a")));
+    assert_eq!(reg.stats().namespaces, 0);
+
+    let probe = Probe::default();
+    let manager = reg.manager("ns", scope("a", "a"));
+    manager.create(probe.spec("x", creds())).await.unwrap();
+    drop(manager);
+    // The scope still holds the connection: both stay.
+    assert_eq!(reg.stats().scopes, 1);
+    let manager = reg.manager("ns", scope("a", "a"));
+    assert_eq!(manager.remove("x"), Removed::Released { remaining: 0 });
+    drop(manager);
+    assert_eq!(reg.stats().connections, 1, "kept through the grace period");
+    sleep(DEFAULT_GRACE + secs(1)).await;
+    settle().await;
+    assert_eq!(reg.stats(), connman_pool::registry::Stats::default());
+    assert_eq!(probe.disconnects(), 1);
+}
+
+/// A connection type without events needs no `Listen` impl: listeners are optional.
+#[tokio::test(start_paused = true)]
+async fn registry_without_listeners_needs_no_listen_impl() {
+    #[derive(Debug)]
+    struct Plain;
+    let reg: connman_pool::registry::Registry<Plain, u64, ()> =
+        connman_pool::registry::Registry::new();
+    let a = reg.manager("ns", connman_pool::registry::Scope::new("a", ()));
+    let b = reg.manager("ns", connman_pool::registry::Scope::new("b", ()));
+    a.create(Spec::new("x", 7, |_| async { Ok::<_, Closed>(Plain) }))
+        .await
+        .unwrap();
+    assert_eq!(found(b.get("x", &7)).references(), 2);
+    assert!(matches!(b.get("x", &8), Get::Mismatch));
+    assert_eq!(b.remove("x"), Removed::Released { remaining: 1 });
+}
+
+/// A failed first connect fails the create with `ConnectFailed`, and the connection's event stream carries the
+/// connect function's own error, then the close: not a fatal `Closed` standing in for it.
+#[tokio::test(start_paused = true)]
+async fn cm_40_failed_first_connect_reaches_the_event_stream_with_its_error() {
+    use connman_core::lifecycle::Event;
+    let reg = registry();
+    let probe = Probe::new(vec![Plan::Fail(ms(100))]);
+    let creator = reg.manager("ns", scope("creator", "c"));
+    let watcher = reg.manager("ns", scope("watcher", "w"));
+    let create = tokio::spawn({
+        let spec = probe.spec("x", creds());
+        async move { creator.create(spec).await }
+    });
+    settle().await;
+    let mut events = watcher.subscribe("x").expect("the connect is in flight");
+    let err = create.await.unwrap().unwrap_err();
+    assert!(err.is::<ConnectFailed>());
+    let mut failed = None;
+    let mut closed = false;
+    while let Ok(event) = events.try_recv() {
+        match event {
+            Event::ConnectFailed {
+                error, next_delay, ..
+            } => failed = Some((error, next_delay)),
+            Event::Closed { .. } => closed = true,
+            _ => {}
+        }
+    }
+    let (error, next_delay) = failed.expect("a ConnectFailed event");
+    let io = error
+        .downcast_ref::<std::io::Error>()
+        .expect("the connect function's own error");
+    assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert_eq!(next_delay, None, "no retry after a failed first connect");
+    assert!(closed, "then the close");
+    assert!(!watcher.exists("x"));
+    assert!(watcher.subscribe("x").is_none());
 }

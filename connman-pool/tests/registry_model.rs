@@ -181,7 +181,7 @@ struct Sut {
     probe: Probe,
     managers: HashMap<&'static str, Manager<Conn, Creds, &'static str>>,
     elsewhere: Manager<Conn, Creds, &'static str>,
-    _registry: Registry<Conn, Creds, &'static str>,
+    registry: Registry<Conn, Creds, &'static str>,
 }
 
 impl Sut {
@@ -221,7 +221,7 @@ impl StateMachineTest for RegistryTest {
             probe: Probe::new(vec![Plan::Ok(Duration::ZERO)]),
             managers,
             elsewhere,
-            _registry: registry,
+            registry,
         }
     }
 
@@ -276,6 +276,11 @@ impl StateMachineTest for RegistryTest {
         assert_eq!(cm.keys(), keys);
         assert_eq!(sut.probe.connects(), model.connects, "connects");
         assert_eq!(sut.probe.disconnects(), model.disconnects, "disconnects");
+        // The tables hold the live managers' scopes and the model's connections, and nothing else.
+        let stats = sut.registry.stats();
+        assert_eq!(stats.namespaces, 2, "namespaces");
+        assert_eq!(stats.scopes, SCOPES.len() + 1, "scopes");
+        assert_eq!(stats.connections, model.records.len(), "connections");
     }
 }
 

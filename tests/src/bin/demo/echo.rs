@@ -34,7 +34,7 @@ pub(crate) async fn run(clock: Clock, total: Duration) -> Result<Vec<Row>, Strin
     );
 
     // Two single connections (by name and by address, as in runTest.sh) and a pool of two.
-    let mut pools: Pools<Connection> = Pools::new();
+    let pools: Pools<Connection> = Pools::new();
     let mut pingers = Vec::new();
     for (key, host) in [("localhost", "localhost"), ("127.0.0.1", "127.0.0.1")] {
         let (handler, state) = Pinger::new(key);
@@ -43,7 +43,7 @@ pub(crate) async fn run(clock: Clock, total: Duration) -> Result<Vec<Row>, Strin
                 Connection::connect(HostPort::new(host, port), handler)
             })
             .map_err(|e| e.to_string())?;
-        watch_events(&clock, key, conn);
+        watch_events(&clock, key, &conn);
         pingers.push(state);
     }
     // A second connection under a taken key is refused, never an orphaned socket (CN-16).
@@ -61,7 +61,7 @@ pub(crate) async fn run(clock: Clock, total: Duration) -> Result<Vec<Row>, Strin
         let (handler, state) = Pinger::new(&name);
         let index = pool.add(Connection::connect(server.addr(), handler));
         if let Some(conn) = pool.get(index) {
-            watch_events(&clock, &name, conn);
+            watch_events(&clock, &name, &conn);
         }
         pingers.push(state);
     }

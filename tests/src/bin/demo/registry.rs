@@ -213,12 +213,29 @@ pub(crate) async fn run(clock: Clock) -> Result<Vec<Row>, String> {
     sleep(Duration::from_millis(100)).await;
 
     let teardowns = torn_down.load(Ordering::Relaxed);
+    let gone = web.exists("feed");
+    // The scopes go with their managers, and the namespace with its last scope: the tables are empty again.
+    drop((web, worker));
+    let left = registry.stats();
+    clock.say(
+        "registry",
+        &format!(
+            "managers dropped: {} namespaces, {} scopes, {} connections left",
+            left.namespaces, left.scopes, left.connections
+        ),
+    );
     // Any deviation from the expected story fails the demo.
-    if !back || !survived || teardowns != 1 || web.exists("feed") || counts != [1, 2, 1, 0, 1, 0] {
+    if !back
+        || !survived
+        || teardowns != 1
+        || gone
+        || counts != [1, 2, 1, 0, 1, 0]
+        || left != Default::default()
+    {
         row.mismatched += 1;
     }
     row.note = format!(
-        "references {}; grace cancelled once; torn down {teardowns}x",
+        "references {}; grace cancelled once; torn down {teardowns}x; tables empty after",
         counts
             .iter()
             .map(ToString::to_string)
