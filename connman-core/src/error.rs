@@ -69,6 +69,13 @@ unit_error!(
     "draining"
 );
 
+unit_error!(
+    /// Something that runs a task of its own (a supervised connection, a group member's writer) was started outside
+    /// a tokio runtime. The one rule of connman: that is a typed error, never a panic.
+    NoRuntime,
+    "no tokio runtime to run on"
+);
+
 /// A lookup found nothing under that key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotFound {

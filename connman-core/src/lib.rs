@@ -10,6 +10,8 @@
 //! * [`rt`]: the runtime behind small traits; feature `tokio` adds `rt::tokio::TokioTimer`.
 //! * [`refhandle`]: handles that count their holders and tell the owner when the last one is gone.
 //! * [`transport`]: how to connect, as any `tower_service::Service<Target>`.
+//! * [`heartbeat`]: the rule every heartbeat schedule follows (the answer is due before the next ping).
+//! * [`outcome`]: [`Outcome::of`](outcome::Outcome::of) names what became of a request from its error.
 //! * [`error`]: one small type per failure mode, carried as [`error::BoxError`] between layers.
 //!
 //! Where it sits:
@@ -43,8 +45,10 @@
 pub mod backoff;
 pub mod driver;
 pub mod error;
+pub mod heartbeat;
 pub mod lifecycle;
 pub mod member;
+pub mod outcome;
 pub mod refhandle;
 pub mod rt;
 pub mod supervise;

@@ -232,6 +232,49 @@ impl fmt::Display for Event {
     }
 }
 
+/// Lossless counts of a lifecycle's events, beside the bounded event stream (which drops the oldest past its
+/// capacity): what a metrics exporter polls.
+///
+/// ```
+/// use connman_core::lifecycle::{Counters, Event};
+///
+/// let mut counters = Counters::default();
+/// counters.count(&Event::Connecting { attempt: 1 });
+/// counters.count(&Event::Connected { attempt: 1, first: false });
+/// assert_eq!((counters.attempts, counters.reconnects), (1, 1));
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Counters {
+    /// Connect attempts started.
+    pub attempts: u64,
+    /// First connections (one, unless the machine was rebuilt).
+    pub connects: u64,
+    /// Connections after a lost link.
+    pub reconnects: u64,
+    /// Connect attempts that failed.
+    pub failed_attempts: u64,
+    /// Established links lost.
+    pub links_lost: u64,
+    /// Closes for good (zero or one).
+    pub closes: u64,
+}
+
+impl Counters {
+    /// Counts one event.
+    pub fn count(&mut self, event: &Event) {
+        let field = match event {
+            Event::Connecting { .. } => &mut self.attempts,
+            Event::Connected { first: true, .. } => &mut self.connects,
+            Event::Connected { first: false, .. } => &mut self.reconnects,
+            Event::ConnectFailed { .. } => &mut self.failed_attempts,
+            Event::Disconnected { .. } => &mut self.links_lost,
+            Event::Closed { .. } => &mut self.closes,
+        };
+        *field += 1;
+    }
+}
+
 /// Settings of a [`Lifecycle`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

@@ -149,10 +149,13 @@ pub mod tokio {
     /// assert!(matches!(events.try_recv(), Ok(Event::Connecting { attempt: 1 })));
     /// assert_eq!(*state.borrow(), State::Connecting { attempt: 1 });
     /// ```
+    ///
+    /// Beside the lossy stream it keeps lossless [`Counters`](crate::lifecycle::Counters), shared by its clones.
     #[derive(Debug, Clone)]
     pub struct Publish {
         state: ::tokio::sync::watch::Sender<crate::State>,
         events: ::tokio::sync::broadcast::Sender<crate::Event>,
+        counters: std::sync::Arc<std::sync::Mutex<crate::lifecycle::Counters>>,
     }
 
     impl Publish {
@@ -160,7 +163,19 @@ pub mod tokio {
         pub fn new(capacity: usize) -> Self {
             let (state, _) = ::tokio::sync::watch::channel(crate::State::Idle);
             let (events, _) = ::tokio::sync::broadcast::channel(capacity.max(1));
-            Self { state, events }
+            Self {
+                state,
+                events,
+                counters: std::sync::Arc::default(),
+            }
+        }
+
+        /// The counts of every event published so far: none is lost, however far subscribers fall behind.
+        pub fn counters(&self) -> crate::lifecycle::Counters {
+            *self
+                .counters
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
         }
 
         /// The events from now on.
@@ -177,6 +192,11 @@ pub mod tokio {
     impl crate::driver::Observer for Publish {
         fn on_event(&mut self, event: crate::Event) {
             tracing::debug!(%event, "lifecycle");
+            // Events are rare (connects, failures): a lock here costs nothing a request pays.
+            self.counters
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .count(&event);
             // Nobody listening is fine: events are for whoever cares.
             let _ = self.events.send(event);
         }

@@ -59,6 +59,8 @@
 //! # }
 //! ```
 
+#[cfg(feature = "redis")]
+pub mod cluster;
 pub mod drain;
 pub mod error;
 pub mod group;

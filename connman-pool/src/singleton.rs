@@ -70,7 +70,7 @@ use std::task::{Context, Poll};
 use connman_core::backoff::{Backoff, presets};
 use connman_core::driver::{Driver, Next};
 use connman_core::error::{BoxError, Closed, LinkLost, SharedError};
-use connman_core::lifecycle::{Event, FailureKind, Lifecycle, State};
+use connman_core::lifecycle::{Counters, Event, FailureKind, Lifecycle, State};
 use connman_core::refhandle::{RefCounted, RefHandle};
 use connman_core::rt::tokio::{Publish, TokioTimer};
 use futures_util::FutureExt;
@@ -204,6 +204,12 @@ where
     /// The lifecycle's state: idle, connecting, up, backing off or closed.
     pub fn state(&self) -> State {
         lock(&self.shared).driver.state()
+    }
+
+    /// Lossless counts of the lifecycle's events so far (makes, remakes, failures, losses), beside the bounded
+    /// [`Singleton::subscribe`] stream.
+    pub fn counters(&self) -> Counters {
+        lock(&self.shared).driver.observer().counters()
     }
 
     /// Lifecycle events from now on.
@@ -567,6 +573,16 @@ mod tests {
                 "connecting 1",
                 "connected first=false"
             ]
+        );
+        let counters = svc.counters();
+        assert_eq!(
+            (
+                counters.attempts,
+                counters.connects,
+                counters.reconnects,
+                counters.links_lost
+            ),
+            (2, 1, 1, 1)
         );
     }
 

@@ -24,12 +24,12 @@
 //!
 //! * **Queued**: no byte written. A queued request is sent at most once, in order. If its caller drops its future, or
 //!   its deadline ([`CallOptions::deadline`](queue::CallOptions::deadline), or the queue's
-//!   [`max_wait`](queue::QueueLayer::max_wait)) passes, it is taken out and never sent later; the caller gets
+//!   [`max_wait`](queue::QueueBuilder::max_wait)) passes, it is taken out and never sent later; the caller gets
 //!   [`Elapsed`](connman_core::error::Elapsed).
 //! * **Written**: handed to the service below. If that service reports
 //!   [`NotSent`](connman_core::error::NotSent) (provably never written, found also through
 //!   [`source`](std::error::Error::source) chains), the request goes back to its place in the queue and is replayed,
-//!   at most [`max_replays`](queue::QueueLayer::max_replays) times (then the caller gets that `NotSent`).
+//!   at most [`max_replays`](queue::QueueBuilder::max_replays) times (then the caller gets that `NotSent`).
 //!   If it reports [`MaybeDelivered`](connman_core::error::MaybeDelivered) (or
 //!   [`LinkLost`](connman_core::error::LinkLost)), the caller gets `MaybeDelivered`: at-most-once, as hyper, gRPC and
 //!   NATS promise. A request marked [`idempotent`](queue::CallOptions::idempotent) is replayed instead
@@ -47,7 +47,7 @@
 //! use connman_core::error::BoxError;
 //! use connman_queue::heartbeat::{HeartbeatConfig, HeartbeatLayer};
 //! use connman_queue::queue::QueueLayer;
-//! use connman_queue::reconnect::ReconnectLayer;
+//! use connman_queue::reconnect::{ReconnectConfig, ReconnectLayer};
 //! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 //!
 //! /// Re-authenticates on every new connection before queued requests go out (upnode's `conn.emit('up', obj)`).
@@ -66,10 +66,11 @@
 //!     let conn = service_fn(|req: String| async move { Ok::<_, BoxError>(req.to_uppercase()) });
 //!     Ok::<_, BoxError>(conn)
 //! });
-//! let reconnect = ReconnectLayer::new("127.0.0.1:7000").backoff(presets::upnode()).on_up(auth);
+//! let config = ReconnectConfig::builder("127.0.0.1:7000").backoff(presets::upnode()).on_up(auth).build()?;
+//! let reconnect = ReconnectLayer::new(config);
 //! let state = reconnect.state();
 //! let service = ServiceBuilder::new()
-//!     .layer(QueueLayer::new())
+//!     .layer(QueueLayer::default())
 //!     .layer(reconnect)
 //!     .layer(HeartbeatLayer::new(HeartbeatConfig::default(), || "ping".to_string()))
 //!     .service(connector);
@@ -79,6 +80,50 @@
 //! assert!(state.borrow().is_up());
 //! handle.close();
 //! assert!(service.oneshot("late".to_string()).await.is_err());
+//! # Ok(()) }
+//! ```
+//!
+//! # What a user need not write
+//!
+//! * **Settings that fail in one place**: [`QueueConfig::builder`](queue::QueueConfig::builder),
+//!   [`ReconnectConfig::builder`](reconnect::ReconnectConfig::builder) and
+//!   [`HeartbeatConfig::builder`](heartbeat::HeartbeatConfig::builder); setters never fail, `build()` checks all at
+//!   once with one error type, [`InvalidConfig`](connman_core::error::InvalidConfig).
+//! * **What became of a request**: [`Outcome::of`](connman_core::outcome::Outcome::of) walks the error's `source()`
+//!   chain once.
+//! * **Counters that lose nothing**, beside the event streams that drop the oldest past 64:
+//!   [`QueueStats`](queue::QueueStats) (replays, rejections, expiries, cancels),
+//!   [`ReconnectStats`](reconnect::ReconnectStats) (attempts, reconnects, lost links, hook runs),
+//!   [`HeartbeatStats`](heartbeat::HeartbeatStats) (pongs, deaths).
+//! * **A stack type that can be named**: box the hook with [`BoxOnUp`](reconnect::BoxOnUp), or the whole stack with
+//!   `tower::util::BoxCloneService` (every layer here is `Clone`).
+//!
+//! ```
+//! use connman_core::error::BoxError;
+//! use connman_core::outcome::Outcome;
+//! use connman_queue::queue::{QueueConfig, QueueLayer};
+//! use connman_queue::reconnect::{ReconnectConfig, ReconnectLayer};
+//! use tower::util::BoxCloneService;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! /// The stack, named, whatever is inside it.
+//! type Client = BoxCloneService<String, String, BoxError>;
+//!
+//! fn client(reconnect: ReconnectLayer<&'static str>) -> Result<Client, BoxError> {
+//!     let connector = service_fn(|_addr: &'static str| async {
+//!         Ok::<_, BoxError>(service_fn(|req: String| async move { Ok::<_, BoxError>(req) }))
+//!     });
+//!     let queue = QueueLayer::new(QueueConfig::builder().capacity(64).build()?);
+//!     Ok(BoxCloneService::new(ServiceBuilder::new().layer(queue).layer(reconnect).service(connector)))
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let reconnect = ReconnectLayer::new(ReconnectConfig::builder("127.0.0.1:7000").build()?);
+//! let client = client(reconnect.clone())?;
+//! let answer = client.clone().oneshot("hello".to_string()).await;
+//! assert_eq!(Outcome::of_result(&answer), Outcome::Ok);
+//! assert_eq!(reconnect.stats().lifecycle.connects, 1);
 //! # Ok(()) }
 //! ```
 //!
@@ -94,9 +139,11 @@
 //! * **`Req: Clone`** for the queue: a request stays with the queue until it is answered, so that one reported
 //!   `NotSent` (or an idempotent one reported `MaybeDelivered`) can be replayed whole. Cheap for `Bytes` and `Arc`.
 //! * **Capacity counts every request the queue answers for**, queued or written but unanswered (those may come back
-//!   for a replay), so the bound holds even through replays. The count bound gives backpressure (`poll_ready`
+//!   for a replay), so the bound holds even through replays. It lives in a `tokio::sync::Semaphore`; each handle takes
+//!   permits in batches and gives its spare ones back when another handle waits, so the fast path writes only words of
+//!   its own handle. The count bound gives backpressure (`poll_ready`
 //!   pending, or [`Overloaded`](connman_core::error::Overloaded) with
-//!   [`reject_when_full`](queue::QueueLayer::reject_when_full)); the weight bound rejects with `Overloaded` at `call`,
+//!   [`reject_when_full`](queue::QueueBuilder::reject_when_full)); the weight bound rejects with `Overloaded` at `call`,
 //!   the only time a request's weight is known.
 //! * **A request's deadline covers its time in the queue**, as upnode's `up(t, cb)` (UP-04): once written, its
 //!   outcome comes from the service below. Put a `tower::timeout::Timeout` above the queue to bound whole calls.

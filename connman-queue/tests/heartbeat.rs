@@ -1,6 +1,8 @@
 //! Heartbeat tests on paused time: pings, RTT, half-open links, bad settings.
 
-use std::future::{Future, poll_fn};
+mod support;
+
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,13 +15,12 @@ use connman_core::lifecycle::Event;
 use connman_queue::heartbeat::{
     Heartbeat, HeartbeatConfig, HeartbeatEvent, HeartbeatLayer, PingFailed, PingTimeout,
 };
+use connman_queue::reconnect::ReconnectConfig;
 use connman_queue::reconnect::ReconnectLayer;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
+use support::secs;
 
 /// The far side of a fake connection.
 #[derive(Default)]
@@ -74,7 +75,7 @@ fn layer(config: HeartbeatConfig) -> HeartbeatLayer<fn() -> String> {
 }
 
 async fn ready(hb: &mut Heartbeat<FakeConn>) -> Result<(), BoxError> {
-    poll_fn(|cx| Service::<String>::poll_ready(hb, cx)).await
+    support::ready::<_, String>(hb).await
 }
 
 /// UP-09: a ping every interval through the connection itself, each answer reported with its RTT.
@@ -100,7 +101,11 @@ async fn up_09_pings_every_interval_and_reports_rtt() {
 #[tokio::test(start_paused = true)]
 async fn up_09_interval_zero_disables_pings() {
     let peer = peer();
-    let config = HeartbeatConfig::new(Duration::ZERO, Duration::ZERO).expect("disabled");
+    let config = HeartbeatConfig::builder()
+        .interval(Duration::ZERO)
+        .timeout(Duration::ZERO)
+        .build()
+        .expect("disabled");
     assert!(!config.is_enabled());
     let mut hb = layer(config).wrap(FakeConn(peer.clone()));
     tokio::time::sleep(secs(120)).await;
@@ -114,7 +119,13 @@ async fn up_09_interval_zero_disables_pings() {
 #[tokio::test(start_paused = true)]
 async fn up_09_half_open_detected_within_interval_plus_timeout() {
     let peer = peer();
-    let layer = layer(HeartbeatConfig::new(secs(10), secs(5)).expect("config"));
+    let layer = layer(
+        HeartbeatConfig::builder()
+            .interval(secs(10))
+            .timeout(secs(5))
+            .build()
+            .expect("config"),
+    );
     let mut events = layer.subscribe();
     let mut hb = layer.wrap(FakeConn(peer.clone()));
     let start = Instant::now();
@@ -136,6 +147,9 @@ async fn up_09_half_open_detected_within_interval_plus_timeout() {
         events.try_recv(),
         Ok(HeartbeatEvent::TimedOut { .. })
     ));
+    // The lossless counters agree with the stream.
+    let stats = layer.stats();
+    assert_eq!((stats.timeouts, stats.failures, stats.deaths()), (1, 0, 1));
 }
 
 /// UP-10: a remote that cannot answer pings gives a typed error and an event, never a crash.
@@ -156,15 +170,38 @@ async fn up_10_remote_without_ping_is_a_typed_error() {
     let err = ready(&mut hb).await.expect_err("dead");
     let lost = err.downcast_ref::<LinkLost>().expect("LinkLost");
     assert!(std::error::Error::source(lost).is_some_and(|e| e.is::<PingFailed>()));
+    assert_eq!(layer.stats().deaths(), 1);
 }
 
 /// UP-11: the timeout must be shorter than the interval (upnode's server waited 100 s for a 10 s ping).
 #[test]
 fn up_11_timeout_not_shorter_than_interval_is_invalid() {
-    assert!(HeartbeatConfig::new(secs(10), secs(100)).is_err());
-    assert!(HeartbeatConfig::new(secs(10), secs(10)).is_err());
-    assert!(HeartbeatConfig::new(secs(10), Duration::ZERO).is_err());
-    let ok = HeartbeatConfig::new(secs(10), secs(9)).expect("valid");
+    assert!(
+        HeartbeatConfig::builder()
+            .interval(secs(10))
+            .timeout(secs(100))
+            .build()
+            .is_err()
+    );
+    assert!(
+        HeartbeatConfig::builder()
+            .interval(secs(10))
+            .timeout(secs(10))
+            .build()
+            .is_err()
+    );
+    assert!(
+        HeartbeatConfig::builder()
+            .interval(secs(10))
+            .timeout(Duration::ZERO)
+            .build()
+            .is_err()
+    );
+    let ok = HeartbeatConfig::builder()
+        .interval(secs(10))
+        .timeout(secs(9))
+        .build()
+        .expect("valid");
     assert_eq!((ok.interval(), ok.timeout()), (secs(10), secs(9)));
 }
 
@@ -178,8 +215,19 @@ async fn dead_link_is_replaced_by_reconnect() {
         p.lock().expect("peers").push(peer.clone());
         async move { Ok::<_, BoxError>(FakeConn(peer)) }
     });
-    let heartbeat = layer(HeartbeatConfig::new(secs(2), secs(1)).expect("config"));
-    let reconnect = ReconnectLayer::new("peer").backoff(Constant::new(Duration::from_millis(100)));
+    let heartbeat = layer(
+        HeartbeatConfig::builder()
+            .interval(secs(2))
+            .timeout(secs(1))
+            .build()
+            .expect("config"),
+    );
+    let reconnect = ReconnectLayer::new(
+        ReconnectConfig::builder("peer")
+            .backoff(Constant::new(Duration::from_millis(100)))
+            .build()
+            .expect("valid reconnect config"),
+    );
     let mut rx = reconnect.subscribe();
     let mut svc = reconnect.layer(heartbeat.layer(mk));
     assert_eq!(

@@ -1,12 +1,16 @@
 //! Queue tests: tower's buffer test list, then upnode's behaviours (UP-xx) done right.
 
+mod support;
+
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
+use connman_core::error::InvalidConfig;
 use connman_core::error::{BoxError, Closed, Elapsed, MaybeDelivered, NotSent, Overloaded};
+use connman_queue::queue::QueueConfig;
 use connman_queue::queue::{CallOptions, Queue, QueueLayer, ServiceFailed};
 use tokio_test::{assert_pending, assert_ready, assert_ready_err, assert_ready_ok, task};
 use tower::{Service, ServiceExt};
@@ -17,22 +21,17 @@ type Handle = mock::Handle<&'static str, &'static str>;
 
 fn new_queue(layer: QueueLayer<&'static str>) -> (Queue<Mock, &'static str>, Handle) {
     let (service, handle) = mock::pair();
-    (Queue::new(service, &layer), handle)
+    (Queue::new(service, layer.config().clone()), handle)
 }
 
 fn default_queue() -> (Queue<Mock, &'static str>, Handle) {
-    new_queue(QueueLayer::new())
+    new_queue(QueueLayer::default())
 }
 
-/// Lets the worker task run.
-async fn settle() {
-    for _ in 0..8 {
-        tokio::task::yield_now().await;
-    }
-}
+use support::settle;
 
 async fn ready(queue: &mut Queue<Mock, &'static str>) {
-    poll_fn(|cx| Service::poll_ready(queue, cx))
+    support::ready::<_, &'static str>(queue)
         .await
         .expect("queue ready");
 }
@@ -114,7 +113,12 @@ async fn when_inner_fails() {
 
 #[tokio::test(start_paused = true)]
 async fn waits_for_channel_capacity() {
-    let (mut queue, mut handle) = new_queue(QueueLayer::new().capacity(3).expect("capacity"));
+    let (mut queue, mut handle) = new_queue(QueueLayer::new(
+        QueueConfig::builder()
+            .capacity(3)
+            .build()
+            .expect("valid queue config"),
+    ));
     handle.allow(0);
     let mut service = task::spawn(());
     let mut responses = Vec::new();
@@ -136,7 +140,12 @@ async fn waits_for_channel_capacity() {
 
 #[tokio::test(start_paused = true)]
 async fn wakes_pending_waiters_on_close() {
-    let (mut queue, mut handle) = new_queue(QueueLayer::new().capacity(1).expect("capacity"));
+    let (mut queue, mut handle) = new_queue(QueueLayer::new(
+        QueueConfig::builder()
+            .capacity(1)
+            .build()
+            .expect("valid queue config"),
+    ));
     handle.allow(0);
     ready(&mut queue).await;
     let response = queue.call("1");
@@ -152,7 +161,12 @@ async fn wakes_pending_waiters_on_close() {
 
 #[tokio::test(start_paused = true)]
 async fn doesnt_leak_permits() {
-    let (mut queue, mut handle) = new_queue(QueueLayer::new().capacity(2).expect("capacity"));
+    let (mut queue, mut handle) = new_queue(QueueLayer::new(
+        QueueConfig::builder()
+            .capacity(2)
+            .build()
+            .expect("valid queue config"),
+    ));
     handle.allow(0);
     let mut a = queue.clone();
     let mut b = queue.clone();
@@ -317,9 +331,12 @@ async fn up_04_expires_after_deadline() {
 /// The queue's own max wait bounds every request, even without a deadline.
 #[tokio::test(start_paused = true)]
 async fn expires_after_deadline() {
-    let layer = QueueLayer::new()
-        .max_wait(Duration::from_secs(2))
-        .expect("max wait");
+    let layer = QueueLayer::new(
+        QueueConfig::builder()
+            .max_wait(Duration::from_secs(2))
+            .build()
+            .expect("valid queue config"),
+    );
     let (mut queue, mut handle) = new_queue(layer);
     handle.allow(0);
     ready(&mut queue).await;
@@ -334,12 +351,14 @@ async fn expires_after_deadline() {
 
 #[tokio::test(start_paused = true)]
 async fn capacity_backpressure() {
-    let layer = QueueLayer::new()
-        .capacity(2)
-        .expect("capacity")
-        .weigh(|req: &&'static str| req.len())
-        .max_weight(8)
-        .expect("weight");
+    let layer = QueueLayer::new(
+        QueueConfig::builder()
+            .capacity(2)
+            .weigh(|req: &&'static str| req.len())
+            .max_weight(8)
+            .build()
+            .expect("valid queue config"),
+    );
     let (mut queue, mut handle) = new_queue(layer);
     handle.allow(0);
     let mut t = task::spawn(());
@@ -369,10 +388,13 @@ async fn capacity_backpressure() {
 
 #[tokio::test(start_paused = true)]
 async fn reject_when_full_is_overloaded() {
-    let layer = QueueLayer::new()
-        .capacity(1)
-        .expect("capacity")
-        .reject_when_full();
+    let layer = QueueLayer::new(
+        QueueConfig::builder()
+            .capacity(1)
+            .reject_when_full()
+            .build()
+            .expect("valid queue config"),
+    );
     let (mut queue, mut handle) = new_queue(layer);
     handle.allow(0);
     ready(&mut queue).await;
@@ -400,9 +422,14 @@ async fn reject_when_full_is_overloaded() {
 
 #[test]
 fn invalid_settings_are_rejected() {
-    assert!(QueueLayer::<()>::new().capacity(0).is_err());
-    assert!(QueueLayer::<()>::new().max_weight(0).is_err());
-    assert!(QueueLayer::<()>::new().max_wait(Duration::ZERO).is_err());
+    let builder = QueueConfig::<()>::builder;
+    assert!(builder().capacity(0).build().is_err());
+    assert!(builder().max_weight(0).build().is_err());
+    assert!(builder().max_wait(Duration::ZERO).build().is_err());
+    // One error for the whole builder, whichever setting is out of range.
+    let err = builder().capacity(0).max_wait(Duration::ZERO).build();
+    assert!(err.is_err_and(|e| (&e as &dyn std::error::Error).is::<InvalidConfig>()));
+    assert!(builder().build().is_ok());
 }
 
 /// UP-14: a request written before the link dropped fails with `MaybeDelivered` (never hangs, never silently
@@ -467,21 +494,51 @@ async fn up_16_close_fails_queued_and_later_with_closed() {
     assert!(matches!(handle.poll_request(), Poll::Ready(None)));
 }
 
-/// UP-19: inner failures reach the caller as typed values; nothing panics and other requests go on.
+/// UP-19: upnode crashed when it emitted an `error` event nobody listened to. Here every failure is a value: with no
+/// subscriber on any event stream, failed connects and a failed request disturb nothing (no panic, the next request
+/// goes on), the failures are still counted, and the request's error is typed.
 #[tokio::test(start_paused = true)]
 async fn up_19_errors_are_values() {
-    let (mut queue, mut handle) = default_queue();
-    ready(&mut queue).await;
+    use connman_core::backoff::Constant;
+    use connman_core::outcome::Outcome;
+    use connman_queue::reconnect::{Reconnect, ReconnectConfig};
+
+    let (mk, mut mk_handle) = mock::pair::<(), Mock>();
+    let config = ReconnectConfig::builder(())
+        .backoff(Constant::new(Duration::from_millis(5)))
+        .build()
+        .expect("valid reconnect config");
+    let stats = config.clone();
+    // Nobody subscribes to the lifecycle events: they have no listener at all.
+    let mut queue = Queue::new(Reconnect::new(mk, config), QueueConfig::default());
+    queue.ready().await.expect("ready");
     let bad = queue.call("bad");
-    ready(&mut queue).await;
+    queue.ready().await.expect("ready");
     let good = queue.call("good");
-    let (_, send) = handle.next_request().await.expect("bad");
-    send.send_error("remote said no");
-    let (_, send) = handle.next_request().await.expect("good");
+    for _ in 0..2 {
+        let (_, send) = mk_handle.next_request().await.expect("attempt");
+        send.send_error(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+    }
+    let (_, send) = mk_handle.next_request().await.expect("attempt");
+    let (conn, mut conn_handle) = mock::pair();
+    send.send_response(conn);
+    let (req, send) = conn_handle.next_request().await.expect("bad");
+    assert_eq!(req, "bad");
+    send.send_error(std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        "remote said no",
+    ));
+    let (req, send) = conn_handle.next_request().await.expect("good");
+    assert_eq!(req, "good");
     send.send_response("fine");
     let err: BoxError = bad.await.expect_err("error");
-    assert_eq!(err.to_string(), "remote said no");
+    assert_eq!(Outcome::of(&err), Outcome::Other);
+    let io = err
+        .downcast_ref::<std::io::Error>()
+        .expect("the service's own error");
+    assert_eq!(io.kind(), std::io::ErrorKind::PermissionDenied);
     assert_eq!(good.await.expect("good"), "fine");
+    assert_eq!(stats.stats().lifecycle.failed_attempts, 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -492,7 +549,7 @@ async fn dropping_every_handle_stops_the_worker() {
         c.fetch_add(1, Ordering::SeqCst);
         async { Ok::<_, BoxError>(()) }
     });
-    let mut queue = Queue::new(service, &QueueLayer::new());
+    let mut queue = Queue::new(service, QueueConfig::default());
     queue
         .ready()
         .await
@@ -523,7 +580,8 @@ async fn concurrent_callers_with_replays() {
             }
         }
     });
-    let queue = Queue::new(service, &QueueLayer::new().capacity(16).expect("capacity"));
+    let config = QueueConfig::builder().capacity(16).build();
+    let queue = Queue::new(service, config.expect("valid queue config"));
     let run = async {
         let tasks: Vec<_> = (0..4u64)
             .map(|t| {
@@ -558,7 +616,12 @@ async fn concurrent_callers_with_replays() {
 /// replay bound its `NotSent` reaches the caller.
 #[tokio::test(start_paused = true)]
 async fn replays_are_bounded() {
-    let (mut queue, mut handle) = new_queue(QueueLayer::new().max_replays(3));
+    let (mut queue, mut handle) = new_queue(QueueLayer::new(
+        QueueConfig::builder()
+            .max_replays(3)
+            .build()
+            .expect("valid queue config"),
+    ));
     ready(&mut queue).await;
     let res = tokio::spawn(queue.call("unencodable"));
     for _ in 0..4 {

@@ -6,7 +6,7 @@ use std::future::poll_fn;
 use std::task::Poll;
 use std::time::Duration;
 
-use connman_queue::queue::{CallOptions, Queue, QueueLayer, ResponseFuture};
+use connman_queue::queue::{CallOptions, Queue, QueueConfig, ResponseFuture};
 use proptest::prelude::*;
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
 use tower::Service;
@@ -134,7 +134,7 @@ impl StateMachineTest for QueueTest {
             .expect("runtime");
         let (service, mut handle) = mock::pair();
         handle.allow(0);
-        let queue = rt.block_on(async { Queue::new(service, &QueueLayer::new()) });
+        let queue = rt.block_on(async { Queue::new(service, QueueConfig::default()) });
         Sut {
             rt,
             queue,

@@ -1,5 +1,7 @@
 //! Reconnect tests in the style of linkerd's: paused time, schedules asserted to the instant.
 
+mod support;
+
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,6 +12,7 @@ use std::time::Duration;
 use connman_core::backoff::{Constant, presets};
 use connman_core::error::{BoxError, Closed, Elapsed};
 use connman_core::lifecycle::{Event, FailureKind, State};
+use connman_queue::reconnect::ReconnectConfig;
 use connman_queue::reconnect::{FatalConnect, GaveUp, Reconnect, ReconnectLayer};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
@@ -20,15 +23,13 @@ type ConnHandle = mock::Handle<&'static str, &'static str>;
 type Maker = mock::Mock<&'static str, Conn>;
 type MakerHandle = mock::Handle<&'static str, Conn>;
 
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
+use support::ms;
 
 type Rc = Reconnect<Maker, &'static str>;
 
 /// Waits until the reconnect is ready (a named function keeps the request type concrete inside spawned tasks).
 fn ready(rc: &mut Rc) -> impl Future<Output = Result<(), BoxError>> + Send + '_ {
-    poll_fn(move |cx| Service::<&'static str>::poll_ready(rc, cx))
+    support::ready::<_, &'static str>(rc)
 }
 
 fn maker() -> (Maker, MakerHandle) {
@@ -52,7 +53,12 @@ async fn accept(mk: &mut MakerHandle) -> ConnHandle {
 #[tokio::test(start_paused = true)]
 async fn schedule_to_the_instant_and_no_request_fails_for_a_failed_attempt() {
     let (mk, mut mk_handle) = maker();
-    let layer = ReconnectLayer::new("peer").backoff(presets::connman());
+    let layer = ReconnectLayer::new(
+        ReconnectConfig::builder("peer")
+            .backoff(presets::connman())
+            .build()
+            .expect("valid reconnect config"),
+    );
     let rc = layer.layer(mk);
     let start = Instant::now();
     let call = tokio::spawn(rc.oneshot("hello"));
@@ -76,9 +82,13 @@ async fn schedule_to_the_instant_and_no_request_fails_for_a_failed_attempt() {
 #[tokio::test(start_paused = true)]
 async fn reset_after_stable_connection() {
     let (mk, mut mk_handle) = maker();
-    let mut rc = ReconnectLayer::new("peer")
-        .backoff(presets::connman())
-        .layer(mk);
+    let mut rc = ReconnectLayer::new(
+        ReconnectConfig::builder("peer")
+            .backoff(presets::connman())
+            .build()
+            .expect("valid reconnect config"),
+    )
+    .layer(mk);
     let start = Instant::now();
     let first = tokio::spawn(async move { ready(&mut rc).await.map(|()| rc) });
     for _ in 0..2 {
@@ -126,9 +136,13 @@ async fn no_hot_loop_when_inner_poll_ready_fails() {
         c.fetch_add(1, Ordering::SeqCst);
         async { Ok::<_, BoxError>(Broken) }
     });
-    let mut rc = ReconnectLayer::new("peer")
-        .backoff(Constant::new(ms(100)))
-        .layer(mk);
+    let mut rc = ReconnectLayer::new(
+        ReconnectConfig::builder("peer")
+            .backoff(Constant::new(ms(100)))
+            .build()
+            .expect("valid reconnect config"),
+    )
+    .layer(mk);
     let mut rx = rc.subscribe();
     let waited = tokio::time::timeout(
         Duration::from_secs(1),
@@ -169,7 +183,11 @@ async fn up_17_close_while_connecting_cancels_the_connect() {
     let dropped = Arc::new(AtomicBool::new(false));
     let d = dropped.clone();
     let mk = tower::service_fn(move |_: &'static str| Hanging(d.clone()));
-    let layer = ReconnectLayer::new("peer");
+    let layer = ReconnectLayer::new(
+        ReconnectConfig::builder("peer")
+            .build()
+            .expect("valid reconnect config"),
+    );
     let close = layer.close_handle();
     let mut state = layer.state();
     let rc = layer.layer(mk);
@@ -198,7 +216,12 @@ async fn up_18_close_during_backoff_cancels_the_timer() {
         c.fetch_add(1, Ordering::SeqCst);
         async { Err::<Conn, BoxError>("refused".into()) }
     });
-    let layer = ReconnectLayer::new("peer").backoff(Constant::new(Duration::from_secs(1)));
+    let layer = ReconnectLayer::new(
+        ReconnectConfig::builder("peer")
+            .backoff(Constant::new(Duration::from_secs(1)))
+            .build()
+            .expect("valid reconnect config"),
+    );
     let mut rx = layer.subscribe();
     let mut state = layer.state();
     let close = layer.close_handle();
@@ -226,7 +249,12 @@ async fn up_18_close_during_backoff_cancels_the_timer() {
 #[tokio::test(start_paused = true)]
 async fn up_12_up_13_link_loss_once_and_reconnect_events() {
     let (mk, mut mk_handle) = maker();
-    let layer = ReconnectLayer::new("peer").backoff(Constant::new(ms(10)));
+    let layer = ReconnectLayer::new(
+        ReconnectConfig::builder("peer")
+            .backoff(Constant::new(ms(10)))
+            .build()
+            .expect("valid reconnect config"),
+    );
     let mut rx = layer.subscribe();
     let mut rc = layer.layer(mk);
     let driver = tokio::spawn(async move {
@@ -264,7 +292,11 @@ async fn up_12_up_13_link_loss_once_and_reconnect_events() {
 #[tokio::test(start_paused = true)]
 async fn up_07_one_up_per_connection() {
     let (mk, mut mk_handle) = maker();
-    let layer = ReconnectLayer::new("peer");
+    let layer = ReconnectLayer::new(
+        ReconnectConfig::builder("peer")
+            .build()
+            .expect("valid reconnect config"),
+    );
     let mut rx = layer.subscribe();
     let mut rc = layer.layer(mk);
     let driver = tokio::spawn(async move {
@@ -291,7 +323,13 @@ async fn up_05_up_06_hook_runs_before_requests() {
         conn.ready().await?.call("auth moo hax").await?;
         Ok::<_, BoxError>(conn)
     };
-    let rc = ReconnectLayer::new("peer").on_up(hook).layer(mk);
+    let rc = ReconnectLayer::new(
+        ReconnectConfig::builder("peer")
+            .on_up(hook)
+            .build()
+            .expect("valid reconnect config"),
+    )
+    .layer(mk);
     let call = tokio::spawn(rc.oneshot("beep"));
     let mut conn = accept(&mut mk_handle).await;
     let (req, send) = conn.next_request().await.expect("auth");
@@ -321,11 +359,14 @@ async fn up_08_hook_timeout_fails_the_attempt() {
             Ok::<_, BoxError>(conn)
         }
     };
-    let layer = ReconnectLayer::new("peer")
-        .backoff(Constant::new(ms(100)))
-        .on_up(hook)
-        .hook_timeout(Duration::from_secs(1))
-        .expect("timeout");
+    let layer = ReconnectLayer::new(
+        ReconnectConfig::builder("peer")
+            .backoff(Constant::new(ms(100)))
+            .on_up(hook)
+            .hook_timeout(Duration::from_secs(1))
+            .build()
+            .expect("valid reconnect config"),
+    );
     let mut rx = layer.subscribe();
     let rc = layer.layer(mk);
     let start = Instant::now();
@@ -344,25 +385,28 @@ async fn up_08_hook_timeout_fails_the_attempt() {
         })
         .expect("a failed attempt");
     assert!(failed.is::<Elapsed>());
-    assert!(
-        ReconnectLayer::new(())
-            .hook_timeout(Duration::ZERO)
-            .is_err()
-    );
+    let zero = ReconnectConfig::builder(())
+        .hook_timeout(Duration::ZERO)
+        .build();
+    assert!(zero.is_err());
 }
 
 #[tokio::test(start_paused = true)]
 async fn fatal_failure_fails_for_good() {
     let (mk, mut mk_handle) = maker();
-    let mut rc = ReconnectLayer::new("peer")
-        .classify(|e: &BoxError| {
-            if e.to_string() == "access denied" {
-                FailureKind::Fatal
-            } else {
-                FailureKind::Retriable
-            }
-        })
-        .layer(mk);
+    let mut rc = ReconnectLayer::new(
+        ReconnectConfig::builder("peer")
+            .classify(|e: &BoxError| {
+                if e.to_string() == "access denied" {
+                    FailureKind::Fatal
+                } else {
+                    FailureKind::Retriable
+                }
+            })
+            .build()
+            .expect("valid reconnect config"),
+    )
+    .layer(mk);
     let (ready, _) = tokio::join!(
         poll_fn(|cx| Service::<&'static str>::poll_ready(&mut rc, cx)),
         async {
@@ -382,7 +426,13 @@ async fn give_up_fails_for_good() {
     let backoff = Constant::new(ms(10))
         .with_max_attempts(2)
         .expect("attempts");
-    let mut rc = ReconnectLayer::new("peer").backoff(backoff).layer(mk);
+    let mut rc = ReconnectLayer::new(
+        ReconnectConfig::builder("peer")
+            .backoff(backoff)
+            .build()
+            .expect("valid reconnect config"),
+    )
+    .layer(mk);
     let err = poll_fn(|cx| Service::<&'static str>::poll_ready(&mut rc, cx))
         .await
         .expect_err("gave up");
@@ -394,7 +444,11 @@ async fn give_up_fails_for_good() {
 #[tokio::test(start_paused = true)]
 async fn up_15_close_while_up() {
     let (mk, mut mk_handle) = maker();
-    let layer = ReconnectLayer::new("peer");
+    let layer = ReconnectLayer::new(
+        ReconnectConfig::builder("peer")
+            .build()
+            .expect("valid reconnect config"),
+    );
     let mut rx = layer.subscribe();
     let mut rc = layer.layer(mk);
     let (ready, mut conn) = tokio::join!(
@@ -424,6 +478,123 @@ async fn reconnect_new_serves_requests() {
             Ok::<_, BoxError>(n + 1)
         }))
     });
-    let rc = Reconnect::new(mk, "peer");
+    let rc = Reconnect::new(mk, ReconnectConfig::new("peer"));
     assert_eq!(rc.oneshot(1).await.expect("ok"), 2);
+}
+
+/// Handles of one `Reconnect` share one link: one connect serves every clone, a loss seen by one is a loss for all,
+/// and a single reconnect brings them all back. Requests through a clone go out on the clone's own copy of the
+/// connection.
+#[tokio::test(start_paused = true)]
+async fn clones_share_one_link_and_one_reconnect() {
+    let (mk, mut mk_handle) = maker();
+    let config = ReconnectConfig::builder("peer")
+        .backoff(Constant::new(ms(10)))
+        .build()
+        .expect("valid reconnect config");
+    let stats = config.clone();
+    let mut a: Rc = Reconnect::new(mk, config);
+    let mut b = a.clone();
+    let mut conn = {
+        let ready_a = tokio::spawn(async move {
+            ready(&mut a).await.expect("a ready");
+            a
+        });
+        let conn = accept(&mut mk_handle).await;
+        a = ready_a.await.expect("task");
+        conn
+    };
+    ready(&mut b)
+        .await
+        .expect("b ready without a connect of its own");
+    assert!(
+        mk_handle.poll_request().is_pending(),
+        "one connect for both"
+    );
+    let (ra, rb) = (a.call("from a"), b.call("from b"));
+    for _ in 0..2 {
+        let (req, send) = conn.next_request().await.expect("request");
+        send.send_response(req);
+    }
+    assert_eq!(
+        (ra.await.expect("a"), rb.await.expect("b")),
+        ("from a", "from b")
+    );
+
+    // The connection fails `poll_ready` for one handle: both wait for the one reconnect.
+    conn.send_error("link lost");
+    let mut wait_a = tokio_test::task::spawn(ready(&mut a));
+    tokio_test::assert_pending!(wait_a.poll());
+    drop(wait_a);
+    assert!(matches!(*stats.state().borrow(), State::Backoff { .. }));
+    let mut wait_b = tokio_test::task::spawn(ready(&mut b));
+    tokio_test::assert_pending!(wait_b.poll());
+    drop(wait_b);
+    // Someone must drive the link: both handles wait in tasks, and one connect serves both.
+    let back_a = tokio::spawn(async move { ready(&mut a).await.map(|()| a) });
+    let back_b = tokio::spawn(async move { ready(&mut b).await.map(|()| b) });
+    let _conn = accept(&mut mk_handle).await;
+    let _a = back_a.await.expect("task").expect("a back");
+    let _b = back_b.await.expect("task").expect("b back");
+    assert!(
+        mk_handle.poll_request().is_pending(),
+        "one reconnect for both"
+    );
+    let s = stats.stats();
+    assert_eq!(
+        (
+            s.lifecycle.attempts,
+            s.lifecycle.connects,
+            s.lifecycle.reconnects,
+            s.lifecycle.links_lost
+        ),
+        (2, 1, 1, 1)
+    );
+    assert_eq!(s.hook_runs, 2);
+}
+
+/// Closing through one handle closes the link for every clone.
+#[tokio::test(start_paused = true)]
+async fn closing_one_handle_closes_every_clone() {
+    let (mk, mut mk_handle) = maker();
+    let mut a: Rc = Reconnect::new(mk, ReconnectConfig::new("peer"));
+    let mut b = a.clone();
+    let ready_a = tokio::spawn(async move {
+        ready(&mut a).await.expect("a ready");
+        a
+    });
+    let _conn = accept(&mut mk_handle).await;
+    let mut a = ready_a.await.expect("task");
+    ready(&mut b).await.expect("b ready");
+    a.close();
+    assert!(ready(&mut b).await.expect_err("closed").is::<Closed>());
+    assert!(ready(&mut a).await.expect_err("closed").is::<Closed>());
+}
+
+/// With `first_attempt_fatal`, a first connect that fails closes for good at once with `FatalConnect`, whose source is
+/// the real error (not a stand-in), and the event stream carries it too.
+#[tokio::test(start_paused = true)]
+async fn first_attempt_fatal_fails_at_once_with_the_real_error() {
+    let (mk, mut mk_handle) = maker();
+    let config = ReconnectConfig::builder("peer")
+        .first_attempt_fatal(true)
+        .build()
+        .expect("valid reconnect config");
+    let mut events_rx = config.subscribe();
+    let mut rc: Rc = Reconnect::new(mk, config);
+    let attempt = tokio::spawn(async move { ready(&mut rc).await });
+    let (_, send) = mk_handle.next_request().await.expect("first attempt");
+    send.send_error(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+    let err = attempt.await.expect("task").expect_err("fatal");
+    let fatal = err.downcast_ref::<FatalConnect>().expect("FatalConnect");
+    let source = std::error::Error::source(fatal).expect("the real error");
+    assert!(source.is::<std::io::Error>(), "{source}");
+    let failed = events(&mut events_rx)
+        .into_iter()
+        .find_map(|e| match e {
+            Event::ConnectFailed { error, .. } => Some(error),
+            _ => None,
+        })
+        .expect("a failed attempt event");
+    assert!(failed.is::<std::io::Error>());
 }

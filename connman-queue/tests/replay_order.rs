@@ -1,6 +1,8 @@
 //! The replay barrier of `Reconnect`: a new connection serves nothing until the calls of the lost one have settled,
 //! so that a request the lost link never wrote is back in its place before anything issued later goes out.
 
+mod support;
+
 use std::future::{Pending, pending};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -9,6 +11,7 @@ use std::time::Duration;
 
 use connman_core::backoff::Constant;
 use connman_core::error::BoxError;
+use connman_queue::reconnect::ReconnectConfig;
 use connman_queue::reconnect::{DEFAULT_SETTLE_TIMEOUT, Reconnect, ReconnectLayer};
 use tokio_test::{assert_pending, assert_ready_ok, task};
 use tower::{Layer, Service};
@@ -64,15 +67,17 @@ impl Service<()> for Make {
 }
 
 fn reconnect(make: Make) -> Reconnect<Make, ()> {
-    ReconnectLayer::new(())
-        .backoff(Constant::new(Duration::from_millis(1)))
-        .layer(make)
+    ReconnectLayer::new(
+        ReconnectConfig::builder(())
+            .backoff(Constant::new(Duration::from_millis(1)))
+            .build()
+            .expect("valid reconnect config"),
+    )
+    .layer(make)
 }
 
 async fn ready(svc: &mut Reconnect<Make, ()>) {
-    std::future::poll_fn(|cx| Service::<u32>::poll_ready(svc, cx))
-        .await
-        .expect("ready");
+    support::ready::<_, u32>(svc).await.expect("ready");
 }
 
 #[tokio::test(start_paused = true)]
@@ -140,9 +145,8 @@ async fn no_wait_when_the_lost_connection_had_no_open_calls() {
 
 #[test]
 fn a_zero_settle_timeout_is_rejected() {
-    assert!(
-        ReconnectLayer::new(())
-            .settle_timeout(Duration::ZERO)
-            .is_err()
-    );
+    let zero = ReconnectConfig::builder(())
+        .settle_timeout(Duration::ZERO)
+        .build();
+    assert!(zero.is_err());
 }

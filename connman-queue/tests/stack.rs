@@ -1,5 +1,7 @@
 //! The full stack, Queue over Reconnect (over Heartbeat), against fake make services: upnode's scenarios.
 
+mod support;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -11,13 +13,12 @@ use connman_core::backoff::Constant;
 use connman_core::error::{BoxError, Closed};
 use connman_queue::queue::{Queue, QueueLayer, ServiceFailed};
 use connman_queue::reconnect::GaveUp;
+use connman_queue::reconnect::ReconnectConfig;
 use connman_queue::reconnect::ReconnectLayer;
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
+use support::ms;
 
 /// A connection the server drops `lifetime` after accepting it: then its `poll_ready` fails.
 #[derive(Clone)]
@@ -62,8 +63,13 @@ async fn up_24_queued_calls_survive_repeated_flapping() {
         async move { Ok::<_, BoxError>(conn) }
     });
     let svc = ServiceBuilder::new()
-        .layer(QueueLayer::new())
-        .layer(ReconnectLayer::new("peer").backoff(Constant::new(ms(3))))
+        .layer(QueueLayer::default())
+        .layer(ReconnectLayer::new(
+            ReconnectConfig::builder("peer")
+                .backoff(Constant::new(ms(3)))
+                .build()
+                .expect("valid reconnect config"),
+        ))
         .service(mk);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut calls = Vec::new();
@@ -107,10 +113,14 @@ async fn up_16_up_17_queue_close_cancels_connect_below() {
     let dropped = Arc::new(AtomicBool::new(false));
     let d = dropped.clone();
     let mk = tower::service_fn(move |_: &'static str| Hanging(d.clone()));
-    let reconnect = ReconnectLayer::new("peer");
+    let reconnect = ReconnectLayer::new(
+        ReconnectConfig::builder("peer")
+            .build()
+            .expect("valid reconnect config"),
+    );
     let state = reconnect.state();
     let mut queue: Queue<_, String> = ServiceBuilder::new()
-        .layer(QueueLayer::new())
+        .layer(QueueLayer::default())
         .layer(reconnect)
         .service(mk);
     let call = tokio::spawn(queue.clone().oneshot("hello".to_string()));
@@ -138,10 +148,15 @@ async fn up_18_queue_close_cancels_backoff_timer() {
         c.fetch_add(1, Ordering::SeqCst);
         async { Err::<Flaky, BoxError>("refused".into()) }
     });
-    let reconnect = ReconnectLayer::new("peer").backoff(Constant::new(Duration::from_secs(1)));
+    let reconnect = ReconnectLayer::new(
+        ReconnectConfig::builder("peer")
+            .backoff(Constant::new(Duration::from_secs(1)))
+            .build()
+            .expect("valid reconnect config"),
+    );
     let mut events = reconnect.subscribe();
     let queue: Queue<_, String> = ServiceBuilder::new()
-        .layer(QueueLayer::new())
+        .layer(QueueLayer::default())
         .layer(reconnect)
         .service(mk);
     let handle = queue.handle();
@@ -185,8 +200,13 @@ async fn up_05_up_06_queued_requests_go_after_the_hook() {
         Ok::<_, BoxError>(conn)
     };
     let svc = ServiceBuilder::new()
-        .layer(QueueLayer::new())
-        .layer(ReconnectLayer::new("peer").on_up(hook))
+        .layer(QueueLayer::default())
+        .layer(ReconnectLayer::new(
+            ReconnectConfig::builder("peer")
+                .on_up(hook)
+                .build()
+                .expect("valid reconnect config"),
+        ))
         .service(mk);
     let calls: Vec<_> = (0..3)
         .map(|i| tokio::spawn(svc.clone().oneshot(format!("call {i}"))))
@@ -210,8 +230,13 @@ async fn give_up_below_fails_queued_with_the_reason() {
         .with_max_attempts(3)
         .expect("attempts");
     let queue: Queue<_, String> = ServiceBuilder::new()
-        .layer(QueueLayer::new())
-        .layer(ReconnectLayer::new("peer").backoff(backoff))
+        .layer(QueueLayer::default())
+        .layer(ReconnectLayer::new(
+            ReconnectConfig::builder("peer")
+                .backoff(backoff)
+                .build()
+                .expect("valid reconnect config"),
+        ))
         .service(mk);
     let err = queue
         .clone()

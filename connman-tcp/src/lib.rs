@@ -58,7 +58,7 @@
 //! });
 //!
 //! let (tx, mut rx) = mpsc::channel(16);
-//! let conn = Connection::connect(addr, Echo { received: tx });
+//! let conn = Connection::connect(addr, Echo { received: tx })?;
 //! let echoed = rx.recv().await.expect("an echo");
 //! assert_eq!(&echoed[..], b"ping");
 //!
@@ -94,6 +94,8 @@
 mod connection;
 mod connector;
 pub mod pipeline;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 #[cfg(feature = "tls")]
 pub mod tls;
 

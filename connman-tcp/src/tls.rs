@@ -22,7 +22,7 @@
 //!     .with_no_client_auth();
 //! let conn = Connection::builder(HostPort::new("example.com", 443), ())
 //!     .connector(TlsConnector::new(Arc::new(config)))
-//!     .connect();
+//!     .connect().expect("inside a runtime");
 //! # conn.disconnect();
 //! # Ok(())
 //! # }
@@ -298,7 +298,8 @@ mod tests {
             let (tx, mut rx) = mpsc::channel(16);
             let conn = Connection::builder(HostPort::new("localhost", addr.port()), Echo(tx))
                 .connector(TlsConnector::new(client_config(true)))
-                .connect();
+                .connect()
+                .expect("inside a runtime");
             let mut got = Vec::new();
             while got.len() < 8 {
                 got.extend_from_slice(&rx.recv().await.unwrap());

@@ -43,8 +43,6 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use connman_core::error::{Elapsed, MaybeDelivered, NotSent};
-
 /// Which delivery promise the run is checked against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -74,10 +72,9 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Classifies an error by the first connman error type found along its `source()` chain.
-    ///
-    /// [`MaybeDelivered`] gives [`Outcome::MaybeDelivered`], [`NotSent`] gives [`Outcome::NotSent`], [`Elapsed`] gives
-    /// [`Outcome::Expired`]; anything else is [`Outcome::Other`] with the top error's message.
+    /// Classifies an error with the public classifier, [`connman_core::outcome::Outcome::of_error`]:
+    /// `MaybeDelivered` (or a bare `LinkLost`), `NotSent` and `Elapsed` (here [`Outcome::Expired`]) are the delivery
+    /// verdicts the checker knows; anything else is [`Outcome::Other`] with the top error's message.
     ///
     /// ```
     /// use connman_core::error::{BoxError, LinkLost, MaybeDelivered};
@@ -87,20 +84,12 @@ impl Outcome {
     /// assert_eq!(Outcome::of_error(err.as_ref()), Outcome::MaybeDelivered);
     /// ```
     pub fn of_error(error: &(dyn Error + 'static)) -> Self {
-        let mut cause: Option<&(dyn Error + 'static)> = Some(error);
-        while let Some(e) = cause {
-            if e.is::<MaybeDelivered>() {
-                return Outcome::MaybeDelivered;
-            }
-            if e.is::<NotSent>() {
-                return Outcome::NotSent;
-            }
-            if e.is::<Elapsed>() {
-                return Outcome::Expired;
-            }
-            cause = e.source();
+        match connman_core::outcome::Outcome::of_error(error) {
+            connman_core::outcome::Outcome::MaybeDelivered => Outcome::MaybeDelivered,
+            connman_core::outcome::Outcome::NotSent => Outcome::NotSent,
+            connman_core::outcome::Outcome::Elapsed => Outcome::Expired,
+            _ => Outcome::Other(error.to_string()),
         }
-        Outcome::Other(error.to_string())
     }
 
     /// [`Outcome::Ok`] for `Ok`, else the outcome of the error (see [`Outcome::of_error`]).

@@ -29,7 +29,9 @@ use connman_core::backoff::{Constant, presets};
 use connman_core::error::{BoxError, MaybeDelivered, NotSent};
 use connman_core::lifecycle::Event;
 use connman_queue::heartbeat::{HeartbeatConfig, HeartbeatEvent, HeartbeatLayer, MakeHeartbeat};
+use connman_queue::queue::QueueConfig;
 use connman_queue::queue::{CallOptions, Queue, QueueHandle, QueueLayer};
+use connman_queue::reconnect::ReconnectConfig;
 use connman_queue::reconnect::{Reconnect, ReconnectLayer};
 use connman_tcp::TcpConnector;
 use connman_tcp::pipeline::{Pipeline, PipelineConnector, PipelineError};
@@ -101,22 +103,31 @@ const QUEUE_MAX_WEIGHT: usize = 64 * 1024;
 
 /// The queue settings of the chaos stacks.
 fn queue_layer() -> QueueLayer<String> {
-    QueueLayer::new()
+    let config = QueueConfig::builder()
         .capacity(QUEUE_CAPACITY)
-        .and_then(|l| l.max_weight(QUEUE_MAX_WEIGHT))
-        .and_then(|l| l.max_wait(Duration::from_secs(10)))
-        .expect("valid queue settings")
+        .max_weight(QUEUE_MAX_WEIGHT)
+        .max_wait(Duration::from_secs(10))
         .weigh(String::len)
+        .build();
+    QueueLayer::new(config.expect("valid queue settings"))
 }
 
 /// One full stack to `addr`, with the receiver of its heartbeat events.
 fn stack(addr: SocketAddr) -> (Stack, broadcast::Receiver<HeartbeatEvent>) {
-    let config = HeartbeatConfig::new(ms(120), ms(60)).expect("valid heartbeat");
+    let config = HeartbeatConfig::builder()
+        .interval(ms(120))
+        .timeout(ms(60))
+        .build()
+        .expect("valid heartbeat");
     let heartbeat = HeartbeatLayer::new(config, ping as fn() -> String);
     let beats = heartbeat.subscribe();
-    let link = ReconnectLayer::new(addr)
-        .backoff(Constant::new(ms(5)))
-        .layer(heartbeat.layer(make()));
+    let link = ReconnectLayer::new(
+        ReconnectConfig::builder(addr)
+            .backoff(Constant::new(ms(5)))
+            .build()
+            .expect("valid reconnect config"),
+    )
+    .layer(heartbeat.layer(make()));
     (queue_layer().layer(link), beats)
 }
 
@@ -141,7 +152,7 @@ async fn run_client<S>(
     issued_total: Arc<AtomicU64>,
 ) -> u64
 where
-    S: Service<String, Response = String> + Send + 'static,
+    S: Service<String, Response = String> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
 {
@@ -591,7 +602,12 @@ async fn chaos_idempotent_requests_are_replayed_at_least_once() {
     let handle = proxy.handle().clone();
 
     let body = async {
-        let reconnect = ReconnectLayer::new(proxy.addr()).backoff(Constant::new(ms(5)));
+        let reconnect = ReconnectLayer::new(
+            ReconnectConfig::builder(proxy.addr())
+                .backoff(Constant::new(ms(5)))
+                .build()
+                .expect("valid reconnect config"),
+        );
         let mut events = reconnect.subscribe();
         let dispatches = Dispatches::default();
         let (log, seen) = (client_log.clone(), dispatches.clone());
@@ -879,10 +895,14 @@ async fn up_24_queued_calls_survive_a_server_that_drops_every_connection() {
             LinesCodec::new_with_max_length(MAX_LINE),
         );
         // upnode reconnects after a fixed second.
-        let link = ReconnectLayer::new(server.addr())
-            .backoff(presets::upnode())
-            .layer(make);
-        let mut svc = QueueLayer::new().layer(link);
+        let link = ReconnectLayer::new(
+            ReconnectConfig::builder(server.addr())
+                .backoff(presets::upnode())
+                .build()
+                .expect("valid reconnect config"),
+        )
+        .layer(make);
+        let mut svc = QueueLayer::default().layer(link);
         let start = tokio::time::Instant::now();
         ServiceExt::<String>::ready(&mut svc).await.unwrap();
         assert_eq!(svc.call("first".to_owned()).await.unwrap(), "first");
@@ -911,4 +931,80 @@ async fn up_24_queued_calls_survive_a_server_that_drops_every_connection() {
     })
     .await
     .expect("bounded");
+}
+
+/// A line server whose first connection reads one request and closes without answering it (so the request was
+/// written and then the link was lost); later connections answer like the echo server. Returns the lines it read.
+async fn drops_the_first_answer() -> (
+    SocketAddr,
+    Arc<Mutex<Vec<String>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let task = tokio::spawn(async move {
+        let mut first = true;
+        let mut connections = JoinSet::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            let log = log.clone();
+            let drop_it = std::mem::take(&mut first);
+            connections.spawn(async move {
+                let mut framed = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE));
+                while let Some(Ok(line)) = framed.next().await {
+                    log.lock().unwrap().push(line.clone());
+                    if drop_it {
+                        // Written and read, never answered: the link goes.
+                        return;
+                    }
+                    if framed.send(line).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen, task)
+}
+
+/// UP-14 through the real stack (pipeline over TCP, `Reconnect`, `Queue`): a request the server read before the link
+/// was lost ends `MaybeDelivered`, never `NotSent` (the connection itself must say it was written, no mock says it for
+/// it), and is not replayed; an idempotent one in the same spot is replayed on the next connection.
+#[tokio::test]
+async fn up_14_written_then_lost_is_maybe_delivered_through_the_real_stack() {
+    use connman_core::outcome::Outcome as Verdict;
+    for idempotent in [false, true] {
+        let (addr, seen, server) = drops_the_first_answer().await;
+        timeout(Duration::from_secs(10), async {
+            let link = ReconnectLayer::new(
+                ReconnectConfig::builder(addr)
+                    .backoff(Constant::new(ms(5)))
+                    .build()
+                    .expect("valid reconnect config"),
+            )
+            .layer(make());
+            let mut svc = QueueLayer::default().layer(link);
+            ServiceExt::<String>::ready(&mut svc).await.unwrap();
+            let options = if idempotent {
+                CallOptions::new().idempotent()
+            } else {
+                CallOptions::new()
+            };
+            let result = svc.call_with("written".to_owned(), options).await;
+            if idempotent {
+                assert_eq!(result.expect("replayed on the next link"), "written");
+                assert_eq!(*seen.lock().unwrap(), ["written", "written"]);
+            } else {
+                let err = result.expect_err("the link was lost after the write");
+                assert_eq!(Verdict::of(&err), Verdict::MaybeDelivered, "{err}");
+                assert!(err.is::<MaybeDelivered>());
+                assert_eq!(*seen.lock().unwrap(), ["written"], "never replayed");
+                assert_eq!(svc.stats().maybe_delivered, 1);
+            }
+        })
+        .await
+        .expect("within the bound");
+        server.abort();
+    }
 }

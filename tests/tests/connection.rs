@@ -3,133 +3,20 @@
 //! Each test is bounded by a `tokio::time::timeout` of a few seconds; timings are shrunk from the seed's so that the
 //! whole file runs in a few seconds of real time.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use connman_core::backoff::{Constant, Exponential};
 use connman_core::lifecycle::CloseReason;
 use connman_core::{Event, State};
-use connman_tcp::{ConnectError, Connection, Handler, HostPort, Writer};
+use connman_tcp::{ConnectError, Connection, HostPort};
 use connman_tests::flaky::FlakyServer;
-use tokio::sync::mpsc;
+
 use tokio::time::{sleep, timeout};
 
 const BOUND: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Clone)]
-enum Call {
-    Connect,
-    Reconnect,
-    Reset,
-    Data(Bytes),
-    Event(Event),
-    Close,
-}
-
-/// Records every handler call and forwards it to the test; optionally pings through the writer, as `tcho.js` does.
-struct Recorder {
-    log: Arc<Mutex<Vec<Call>>>,
-    tx: mpsc::Sender<Call>,
-    writer: Arc<Mutex<Option<Writer>>>,
-    ping_every: Option<Duration>,
-}
-
-impl Recorder {
-    fn record(&mut self, call: Call) {
-        self.log.lock().unwrap().push(call.clone());
-        let _ = self.tx.try_send(call);
-    }
-}
-
-impl Handler for Recorder {
-    fn on_connect(&mut self, writer: Writer) {
-        *self.writer.lock().unwrap() = Some(writer.clone());
-        if let Some(every) = self.ping_every {
-            tokio::spawn(async move {
-                loop {
-                    sleep(every).await;
-                    match writer.write_all(b"ping").await {
-                        Err(e) if e.is_closed() => break,
-                        // While down (or when a write meets a closing peer) the pinger waits for the next link.
-                        _ => {}
-                    }
-                }
-            });
-        }
-        self.record(Call::Connect);
-    }
-    fn on_reconnect(&mut self) {
-        self.record(Call::Reconnect);
-    }
-    fn on_reset(&mut self) {
-        self.record(Call::Reset);
-    }
-    fn on_data(&mut self, data: Bytes) {
-        self.record(Call::Data(data));
-    }
-    fn on_event(&mut self, event: &Event) {
-        self.record(Call::Event(event.clone()));
-    }
-    fn on_close(&mut self) {
-        self.record(Call::Close);
-    }
-}
-
-struct Probe {
-    log: Arc<Mutex<Vec<Call>>>,
-    rx: mpsc::Receiver<Call>,
-    writer: Arc<Mutex<Option<Writer>>>,
-}
-
-impl Probe {
-    async fn until(&mut self, pred: impl Fn(&Call) -> bool) -> Call {
-        loop {
-            let call = self.rx.recv().await.expect("the connection task is alive");
-            if pred(&call) {
-                return call;
-            }
-        }
-    }
-
-    /// Collects data until `want` bytes arrived.
-    async fn data(&mut self, want: usize) -> Vec<u8> {
-        let mut got = Vec::new();
-        while got.len() < want {
-            if let Call::Data(chunk) = self.until(|c| matches!(c, Call::Data(_))).await {
-                got.extend_from_slice(&chunk);
-            }
-        }
-        got
-    }
-
-    fn count(&self, pred: impl Fn(&Call) -> bool) -> usize {
-        self.log.lock().unwrap().iter().filter(|c| pred(c)).count()
-    }
-
-    fn calls(&self) -> Vec<Call> {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn writer(&self) -> Writer {
-        self.writer.lock().unwrap().clone().expect("on_connect ran")
-    }
-}
-
-fn recorder(ping_every: Option<Duration>) -> (Recorder, Probe) {
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let writer = Arc::new(Mutex::new(None));
-    let (tx, rx) = mpsc::channel(4096);
-    (
-        Recorder {
-            log: log.clone(),
-            tx,
-            writer: writer.clone(),
-            ping_every,
-        },
-        Probe { log, rx, writer },
-    )
-}
+use connman_tcp::testing::{Call, recorder};
 
 fn is_connect(c: &Call) -> bool {
     matches!(c, Call::Connect)
@@ -158,7 +45,8 @@ async fn eventually(cond: impl Fn() -> bool) {
 async fn cn_01_port_zero_closes_with_a_typed_fatal_error() {
     timeout(BOUND, async {
         let (rec, mut probe) = recorder(None);
-        let conn = Connection::connect(HostPort::new("127.0.0.1", 0), rec);
+        let conn =
+            Connection::connect(HostPort::new("127.0.0.1", 0), rec).expect("inside a runtime");
         assert_eq!(conn.closed().await, CloseReason::Fatal);
         let Call::Event(Event::ConnectFailed { error, .. }) = probe.until(is_failed).await else {
             unreachable!()
@@ -179,7 +67,7 @@ async fn cn_02_cn_07_connects_at_once_greeting_and_echo_arrive_raw() {
     let server = FlakyServer::start().await.unwrap();
     timeout(BOUND, async {
         let (rec, mut probe) = recorder(None);
-        let conn = Connection::connect(server.addr(), rec);
+        let conn = Connection::connect(server.addr(), rec).expect("inside a runtime");
         probe.until(is_connect).await;
         assert_eq!(probe.data(7).await, b"hello\r\n");
         conn.writer().write_all(b"echo me").await.unwrap();
@@ -202,7 +90,8 @@ async fn cn_03_cn_04_short_lifetime_resets_and_reconnects_fast() {
         .unwrap();
     timeout(BOUND, async {
         let (rec, mut probe) = recorder(None);
-        let conn = Connection::connect(HostPort::new("localhost", server.port()), rec);
+        let conn = Connection::connect(HostPort::new("localhost", server.port()), rec)
+            .expect("inside a runtime");
         probe.until(is_connect).await;
         for _ in 0..3 {
             probe.until(is_reset).await;
@@ -225,7 +114,7 @@ async fn cn_05_refused_attempts_are_events_then_connect() {
     server.stop().await;
     timeout(BOUND, async {
         let (rec, mut probe) = recorder(None);
-        let conn = Connection::connect(server.addr(), rec);
+        let conn = Connection::connect(server.addr(), rec).expect("inside a runtime");
         for _ in 0..3 {
             let Call::Event(Event::ConnectFailed { error, .. }) = probe.until(is_failed).await
             else {
@@ -249,7 +138,7 @@ async fn cn_12_cn_14_disconnect_while_up_closes_without_reset() {
     let server = FlakyServer::start().await.unwrap();
     timeout(BOUND, async {
         let (rec, mut probe) = recorder(None);
-        let conn = Connection::connect(server.addr(), rec);
+        let conn = Connection::connect(server.addr(), rec).expect("inside a runtime");
         probe.until(is_connect).await;
         eventually(|| server.live() == 1).await;
         conn.disconnect();
@@ -272,7 +161,8 @@ async fn cn_13_disconnect_during_backoff_never_reconnects() {
         let (rec, mut probe) = recorder(None);
         let conn = Connection::builder(server.addr(), rec)
             .backoff(Constant::new(Duration::from_millis(200)))
-            .connect();
+            .connect()
+            .expect("inside a runtime");
         probe.until(is_failed).await;
         conn.disconnect();
         conn.closed().await;
@@ -291,7 +181,7 @@ async fn cn_15_half_close_by_the_user_reconnects() {
     let server = FlakyServer::start().await.unwrap();
     timeout(BOUND, async {
         let (rec, mut probe) = recorder(None);
-        let conn = Connection::connect(server.addr(), rec);
+        let conn = Connection::connect(server.addr(), rec).expect("inside a runtime");
         probe.until(is_connect).await;
         probe.writer().shutdown().await.unwrap();
         // The server ends its side on our FIN; that is a lost link.
@@ -325,7 +215,7 @@ async fn cn_23_run_test_port() {
         for (n, target) in targets.into_iter().enumerate() {
             // tcho.js pings every 225·n - 550 ms; here every 20 + 10·n ms.
             let (rec, probe) = recorder(Some(Duration::from_millis(20 + 10 * n as u64)));
-            conns.push(Connection::connect(target, rec));
+            conns.push(Connection::connect(target, rec).expect("inside a runtime"));
             probes.push(probe);
         }
         // Periodic resets with fast reconnects.
@@ -386,7 +276,7 @@ async fn cn_24_disconnect_right_after_construction_never_connects() {
     let server = FlakyServer::start().await.unwrap();
     timeout(BOUND, async {
         let (rec, probe) = recorder(None);
-        let conn = Connection::connect(server.addr(), rec);
+        let conn = Connection::connect(server.addr(), rec).expect("inside a runtime");
         conn.disconnect();
         assert_eq!(conn.closed().await, CloseReason::Requested);
         sleep(Duration::from_millis(100)).await;
@@ -410,7 +300,8 @@ async fn unresolvable_host_is_a_typed_error() {
                     .unwrap(),
             )
             .connect_timeout(Duration::from_secs(5))
-            .connect();
+            .connect()
+            .expect("inside a runtime");
         let Call::Event(Event::ConnectFailed { error, .. }) = probe.until(is_failed).await else {
             unreachable!()
         };
@@ -439,7 +330,8 @@ async fn peer_closing_mid_write_is_a_typed_error_and_reconnects() {
                     .build()
                     .unwrap(),
             )
-            .connect();
+            .connect()
+            .expect("inside a runtime");
         probe.until(is_connect).await;
         let writer = probe.writer();
         // Write until the server ends the connection under us.
@@ -462,7 +354,7 @@ async fn peer_closing_mid_write_is_a_typed_error_and_reconnects() {
 async fn state_watch_shows_up_and_closed() {
     let server = FlakyServer::start().await.unwrap();
     timeout(BOUND, async {
-        let conn = Connection::connect(server.addr(), ());
+        let conn = Connection::connect(server.addr(), ()).expect("inside a runtime");
         let mut state = conn.state();
         state.wait_for(State::is_up).await.unwrap();
         conn.disconnect();
@@ -483,7 +375,7 @@ async fn cn_17_connect_returns_a_handle_to_the_supervised_socket() {
         .unwrap();
     timeout(BOUND, async {
         let (rec, mut probe) = recorder(None);
-        let conn = Connection::connect(server.addr(), rec);
+        let conn = Connection::connect(server.addr(), rec).expect("inside a runtime");
         let mut events = conn.events();
         let mut state = conn.state();
         state.wait_for(State::is_up).await.unwrap();

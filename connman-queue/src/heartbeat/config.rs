@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use connman_core::error::InvalidConfig;
+use connman_core::heartbeat::check_schedule;
 
 /// The default ping interval: upnode's `ping` option, 10 000 ms.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
@@ -16,12 +17,16 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// use connman_queue::heartbeat::HeartbeatConfig;
 /// use std::time::Duration;
 ///
-/// let config = HeartbeatConfig::new(Duration::from_secs(10), Duration::from_secs(5))?;
+/// let config = HeartbeatConfig::builder()
+///     .interval(Duration::from_secs(10))
+///     .timeout(Duration::from_secs(5))
+///     .build()?;
 /// assert!(config.is_enabled());
 /// // upnode's server side waited 100 s for a 10 s ping (UP-11): rejected here.
-/// assert!(HeartbeatConfig::new(Duration::from_secs(10), Duration::from_secs(100)).is_err());
+/// let slow = HeartbeatConfig::builder().interval(Duration::from_secs(10)).timeout(Duration::from_secs(100));
+/// assert!(slow.build().is_err());
 /// // An interval of zero turns pings off, as upnode's `ping: 0` (UP-09).
-/// assert!(!HeartbeatConfig::new(Duration::ZERO, Duration::ZERO)?.is_enabled());
+/// assert!(!HeartbeatConfig::builder().interval(Duration::ZERO).build()?.is_enabled());
 /// # Ok::<(), connman_core::error::InvalidConfig>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,25 +36,12 @@ pub struct HeartbeatConfig {
 }
 
 impl HeartbeatConfig {
-    /// Ping every `interval` and declare the link dead if an answer takes `timeout` or longer.
-    ///
-    /// An `interval` of zero disables pings (the timeout is then ignored); otherwise the timeout must be greater than
-    /// zero and shorter than the interval, else [`InvalidConfig`].
-    pub const fn new(interval: Duration, timeout: Duration) -> Result<Self, InvalidConfig> {
-        if interval.is_zero() {
-            return Ok(Self::disabled());
+    /// A builder that starts from upnode's defaults ([`DEFAULT_INTERVAL`], [`DEFAULT_TIMEOUT`]).
+    pub const fn builder() -> HeartbeatBuilder {
+        HeartbeatBuilder {
+            interval: DEFAULT_INTERVAL,
+            timeout: DEFAULT_TIMEOUT,
         }
-        if timeout.is_zero() {
-            return Err(InvalidConfig::new(
-                "heartbeat timeout must be greater than zero",
-            ));
-        }
-        if timeout.as_nanos() >= interval.as_nanos() {
-            return Err(InvalidConfig::new(
-                "heartbeat timeout must be shorter than the interval",
-            ));
-        }
-        Ok(Self { interval, timeout })
     }
 
     /// No pings at all.
@@ -82,6 +74,43 @@ impl Default for HeartbeatConfig {
         Self {
             interval: DEFAULT_INTERVAL,
             timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+/// Builds a [`HeartbeatConfig`]: setters never fail, [`HeartbeatBuilder::build`] checks everything at once.
+#[must_use = "a builder does nothing until `build` is called"]
+#[derive(Debug, Clone, Copy)]
+pub struct HeartbeatBuilder {
+    interval: Duration,
+    timeout: Duration,
+}
+
+impl HeartbeatBuilder {
+    /// Ping every `interval`; zero turns pings off (the timeout is then ignored).
+    pub const fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// Declare the link dead if an answer takes `timeout` or longer.
+    pub const fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Checks the schedule with [`connman_core::heartbeat::check_schedule`]: with pings on, the timeout must be
+    /// greater than zero and shorter than the interval, else [`InvalidConfig`].
+    pub const fn build(self) -> Result<HeartbeatConfig, InvalidConfig> {
+        if self.interval.is_zero() {
+            return Ok(HeartbeatConfig::disabled());
+        }
+        match check_schedule(self.interval, self.timeout) {
+            Ok(()) => Ok(HeartbeatConfig {
+                interval: self.interval,
+                timeout: self.timeout,
+            }),
+            Err(e) => Err(e),
         }
     }
 }

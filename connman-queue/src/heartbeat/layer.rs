@@ -4,40 +4,15 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
-use connman_core::error::{BoxError, SharedError};
+use connman_core::error::BoxError;
 use pin_project::pin_project;
 use tokio::sync::broadcast;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::config::HeartbeatConfig;
-use super::service::Heartbeat;
-
-/// How many heartbeat events a slow subscriber may fall behind before it loses the oldest.
-pub const EVENT_CAPACITY: usize = 64;
-
-/// What the heartbeat saw.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum HeartbeatEvent {
-    /// A ping was answered (upnode's `ping` event with the round trip time).
-    Pong {
-        /// The round trip time.
-        rtt: Duration,
-    },
-    /// A ping got no answer in time; the link is taken for dead.
-    TimedOut {
-        /// The timeout that passed.
-        timeout: Duration,
-    },
-    /// A ping failed (UP-10); the link is taken for dead.
-    Failed {
-        /// Why.
-        error: SharedError,
-    },
-}
+use super::service::{Beats, Heartbeat, HeartbeatEvent, HeartbeatStats};
 
 /// Pings every connection made by the make service it wraps; see the [module docs](super).
 ///
@@ -53,23 +28,27 @@ pub enum HeartbeatEvent {
 pub struct HeartbeatLayer<P> {
     pub(crate) config: HeartbeatConfig,
     pub(crate) ping: P,
-    pub(crate) events: broadcast::Sender<HeartbeatEvent>,
+    pub(crate) events: Beats,
 }
 
 impl<P> HeartbeatLayer<P> {
     /// Pings with `ping()` on the schedule of `config`.
     pub fn new(config: HeartbeatConfig, ping: P) -> Self {
-        let (events, _) = broadcast::channel(EVENT_CAPACITY);
         Self {
             config,
             ping,
-            events,
+            events: Beats::new(),
         }
     }
 
     /// The heartbeat events of every connection of this layer, from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<HeartbeatEvent> {
-        self.events.subscribe()
+        self.events.events.subscribe()
+    }
+
+    /// Lossless counts of every connection's heartbeat so far: pongs, and deaths (timeouts, failures).
+    pub fn stats(&self) -> HeartbeatStats {
+        self.events.stats()
     }
 
     /// The schedule.

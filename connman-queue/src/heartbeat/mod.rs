@@ -5,7 +5,7 @@ mod error;
 mod layer;
 mod service;
 
-pub use config::{DEFAULT_INTERVAL, DEFAULT_TIMEOUT, HeartbeatConfig};
+pub use config::{DEFAULT_INTERVAL, DEFAULT_TIMEOUT, HeartbeatBuilder, HeartbeatConfig};
 pub use error::{PingFailed, PingTimeout};
-pub use layer::{EVENT_CAPACITY, HeartbeatEvent, HeartbeatLayer, MakeFuture, MakeHeartbeat};
-pub use service::{Heartbeat, ResponseFuture};
+pub use layer::{HeartbeatLayer, MakeFuture, MakeHeartbeat};
+pub use service::{EVENT_CAPACITY, Heartbeat, HeartbeatEvent, HeartbeatStats, ResponseFuture};

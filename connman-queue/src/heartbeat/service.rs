@@ -3,8 +3,10 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use connman_core::error::{BoxError, LinkLost, MaybeDelivered, SharedError};
 use pin_project::pin_project;
@@ -15,19 +17,116 @@ use tower_service::Service;
 
 use super::config::HeartbeatConfig;
 use super::error::{PingFailed, PingTimeout};
-use super::layer::HeartbeatEvent;
+
+/// How many heartbeat events a slow subscriber may fall behind before it loses the oldest.
+pub const EVENT_CAPACITY: usize = 64;
+
+/// What the heartbeat saw.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum HeartbeatEvent {
+    /// A ping was answered (upnode's `ping` event with the round trip time).
+    Pong {
+        /// The round trip time.
+        rtt: Duration,
+    },
+    /// A ping got no answer in time; the link is taken for dead.
+    TimedOut {
+        /// The timeout that passed.
+        timeout: Duration,
+    },
+    /// A ping failed (UP-10); the link is taken for dead.
+    Failed {
+        /// Why.
+        error: SharedError,
+    },
+}
+
+/// Where a heartbeat's outcomes go: the bounded event stream, and lossless counters beside it.
+#[derive(Debug, Clone)]
+pub(crate) struct Beats {
+    pub(crate) events: broadcast::Sender<HeartbeatEvent>,
+    pub(crate) tally: Arc<Tally>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    pongs: AtomicU64,
+    timeouts: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl Beats {
+    pub(crate) fn new() -> Self {
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        Self {
+            events,
+            tally: Arc::default(),
+        }
+    }
+
+    fn send(&self, event: HeartbeatEvent) {
+        let counter = match &event {
+            HeartbeatEvent::Pong { .. } => &self.tally.pongs,
+            HeartbeatEvent::TimedOut { .. } => &self.tally.timeouts,
+            HeartbeatEvent::Failed { .. } => &self.tally.failures,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        // Nobody listening is fine.
+        let _ = self.events.send(event);
+    }
+
+    pub(crate) fn stats(&self) -> HeartbeatStats {
+        HeartbeatStats {
+            pongs: self.tally.pongs.load(Ordering::Relaxed),
+            timeouts: self.tally.timeouts.load(Ordering::Relaxed),
+            failures: self.tally.failures.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Lossless counts of every connection's heartbeat, beside the event stream (which drops the oldest past
+/// [`EVENT_CAPACITY`]). A death is a timeout or a failure: each ends one connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HeartbeatStats {
+    /// Pings answered.
+    pub pongs: u64,
+    /// Pings unanswered in time: the link was declared dead.
+    pub timeouts: u64,
+    /// Pings that failed: the link was declared dead.
+    pub failures: u64,
+}
+
+impl HeartbeatStats {
+    /// Links declared dead: timeouts and failures.
+    pub const fn deaths(&self) -> u64 {
+        self.timeouts + self.failures
+    }
+}
 
 /// A connection that is pinged on a schedule; once a ping fails or times out, the link is dead: `poll_ready` fails
 /// with [`LinkLost`] (so a `Reconnect` above replaces the connection) and requests in flight fail with
 /// [`MaybeDelivered`].
 ///
 /// Built by [`HeartbeatLayer::wrap`](super::HeartbeatLayer::wrap) or a [`MakeHeartbeat`](super::MakeHeartbeat).
-/// Dropping it stops the pinger.
+/// A clone pings nothing more: it shares the pinger, which stops when the last clone is dropped.
 pub struct Heartbeat<S> {
     inner: S,
     monitor: Option<Arc<Monitor>>,
     dead_wait: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
-    _stop: Option<DropGuard>,
+    _stop: Option<Arc<DropGuard>>,
+}
+
+impl<S: Clone> Clone for Heartbeat<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            monitor: self.monitor.clone(),
+            dead_wait: None,
+            _stop: self._stop.clone(),
+        }
+    }
 }
 
 struct Monitor {
@@ -58,12 +157,7 @@ impl Monitor {
 }
 
 impl<S> Heartbeat<S> {
-    pub(crate) fn start<Req, P>(
-        inner: S,
-        config: HeartbeatConfig,
-        ping: P,
-        events: broadcast::Sender<HeartbeatEvent>,
-    ) -> Self
+    pub(crate) fn start<Req, P>(inner: S, config: HeartbeatConfig, ping: P, events: Beats) -> Self
     where
         S: Service<Req> + Clone + Send + 'static,
         S::Future: Send,
@@ -91,7 +185,7 @@ impl<S> Heartbeat<S> {
             inner,
             monitor: Some(monitor),
             dead_wait: None,
-            _stop: Some(stop.drop_guard()),
+            _stop: Some(Arc::new(stop.drop_guard())),
         }
     }
 
@@ -223,7 +317,7 @@ async fn pinger<S, Req, P>(
     config: HeartbeatConfig,
     ping: P,
     monitor: Arc<Monitor>,
-    events: broadcast::Sender<HeartbeatEvent>,
+    events: Beats,
     stop: CancellationToken,
 ) where
     S: Service<Req>,
@@ -251,13 +345,13 @@ async fn pinger<S, Req, P>(
             Ok(Ok(_)) => {
                 let rtt = sent.elapsed();
                 tracing::trace!(?rtt, "pong");
-                let _ = events.send(HeartbeatEvent::Pong { rtt });
+                events.send(HeartbeatEvent::Pong { rtt });
                 next = sent + config.interval();
             }
             Ok(Err(error)) => {
                 let error: SharedError = Arc::from(error);
                 tracing::debug!(%error, "ping failed");
-                let _ = events.send(HeartbeatEvent::Failed {
+                events.send(HeartbeatEvent::Failed {
                     error: error.clone(),
                 });
                 monitor.declare_dead(Reason::Failed(PingFailed::new(error)));
@@ -265,7 +359,7 @@ async fn pinger<S, Req, P>(
             }
             Err(_) => {
                 tracing::debug!(timeout = ?config.timeout(), "ping timed out");
-                let _ = events.send(HeartbeatEvent::TimedOut {
+                events.send(HeartbeatEvent::TimedOut {
                     timeout: config.timeout(),
                 });
                 monitor.declare_dead(Reason::Timeout(PingTimeout::new(config.timeout())));

@@ -1,6 +1,5 @@
 //! The response future of [`Queue`](super::Queue).
 
-use std::error::Error;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -9,23 +8,26 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use connman_core::error::{BoxError, Closed, Elapsed, LinkLost, MaybeDelivered, NotSent};
+use connman_core::error::{BoxError, Closed, Elapsed, MaybeDelivered};
+use connman_core::outcome::Outcome;
 use pin_project::{pin_project, pinned_drop};
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use super::shared::{Dispatch, Receiver, Shared};
+use super::local::HandleState;
+use super::shared::{Dispatch, Place, Receiver};
 
 /// The response of a request sent through a [`Queue`](super::Queue).
 ///
 /// Dropping it while the request is queued takes the request out: it is never sent.
 #[pin_project(PinnedDrop)]
 pub struct ResponseFuture<S: Service<Req>, Req> {
-    shared: Arc<Shared<S, Req>>,
+    /// The handle that made the request: its capacity and, through it, the queue.
+    handle: Arc<HandleState<S, Req>>,
     #[pin]
     state: State<S::Future, Req>,
     ticket: Option<Ticket>,
-    seq: u64,
+    place: Place,
     idempotent: bool,
     replays: u32,
     /// When the request stops waiting: set the first time it has to wait (at the call if it is queued at once, at
@@ -36,7 +38,7 @@ pub struct ResponseFuture<S: Service<Req>, Req> {
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
-/// The capacity slot and weight a request holds until it is answered; given back with `Shared::release`.
+/// The capacity permit and weight a request holds until it is answered.
 #[derive(Debug)]
 pub(crate) struct Ticket {
     weight: usize,
@@ -73,23 +75,24 @@ where
     S::Error: Into<BoxError>,
     Req: Clone,
 {
-    pub(crate) fn failed(shared: Arc<Shared<S, Req>>, error: BoxError) -> Self {
+    pub(crate) fn failed(handle: Arc<HandleState<S, Req>>, error: BoxError) -> Self {
         Self::with_state(
-            shared,
+            handle,
             None,
             false,
             (None, Duration::ZERO),
-            0,
+            Place { epoch: 0, seq: 0 },
             State::Failed(Some(error)),
         )
     }
 
+    #[allow(clippy::too_many_arguments)] // One constructor per way a request leaves the handle; each is called once.
     pub(crate) fn sent(
-        shared: Arc<Shared<S, Req>>,
+        handle: Arc<HandleState<S, Req>>,
         ticket: Ticket,
         idempotent: bool,
         wait: Duration,
-        seq: u64,
+        place: Place,
         fut: S::Future,
         req: Req,
     ) -> Self {
@@ -97,40 +100,40 @@ where
             fut,
             req: Some(req),
         };
-        Self::with_state(shared, Some(ticket), idempotent, (None, wait), seq, state)
+        Self::with_state(handle, Some(ticket), idempotent, (None, wait), place, state)
     }
 
     pub(crate) fn queued(
-        shared: Arc<Shared<S, Req>>,
+        handle: Arc<HandleState<S, Req>>,
         ticket: Ticket,
         idempotent: bool,
         deadline: Instant,
-        seq: u64,
+        place: Place,
         rx: Receiver<S::Future, Req>,
     ) -> Self {
         Self::with_state(
-            shared,
+            handle,
             Some(ticket),
             idempotent,
             (Some(deadline), Duration::ZERO),
-            seq,
+            place,
             State::Queued(rx),
         )
     }
 
     fn with_state(
-        shared: Arc<Shared<S, Req>>,
+        handle: Arc<HandleState<S, Req>>,
         ticket: Option<Ticket>,
         idempotent: bool,
         (deadline, wait): (Option<Instant>, Duration),
-        seq: u64,
+        place: Place,
         state: State<S::Future, Req>,
     ) -> Self {
         Self {
-            shared,
+            handle,
             state,
             ticket,
-            seq,
+            place,
             idempotent,
             replays: 0,
             deadline,
@@ -153,7 +156,7 @@ where
         let mut this = self.project();
         this.state.set(State::Done);
         if let Some(ticket) = this.ticket.take() {
-            this.shared.release(ticket.weight);
+            release(this.handle, ticket);
         }
         Poll::Ready(result)
     }
@@ -181,13 +184,14 @@ where
                         Ok(response) => return Poll::Ready(Ok(response)),
                         Err(e) => e.into(),
                     };
-                    let exhausted = *this.replays >= this.shared.max_replays;
+                    let exhausted = *this.replays >= this.handle.shared.max_replays;
                     let replay = match verdict(&error) {
                         Verdict::NotSent if exhausted => return Poll::Ready(Err(error)),
                         Verdict::NotSent => true,
                         Verdict::MaybeDelivered if *this.idempotent && !exhausted => true,
                         Verdict::MaybeDelivered => {
-                            this.shared
+                            this.handle
+                                .shared
                                 .counters
                                 .maybe_delivered
                                 .fetch_add(1, Ordering::Relaxed);
@@ -207,15 +211,20 @@ where
                         .deadline
                         .get_or_insert_with(|| super::shared::deadline(now, *this.wait));
                     if now >= deadline {
-                        this.shared.counters.expired.fetch_add(1, Ordering::Relaxed);
+                        this.handle
+                            .shared
+                            .counters
+                            .expired
+                            .fetch_add(1, Ordering::Relaxed);
                         return Poll::Ready(Err(Elapsed::new().into()));
                     }
-                    let rx = match this.shared.requeue(*this.seq, deadline, req) {
+                    let rx = match this.handle.shared.requeue(*this.place, deadline, req) {
                         Ok(rx) => rx,
                         Err(e) => return Poll::Ready(Err(e)),
                     };
                     *this.replays += 1;
-                    this.shared
+                    this.handle
+                        .shared
                         .counters
                         .replayed
                         .fetch_add(1, Ordering::Relaxed);
@@ -241,8 +250,12 @@ where
                         if sleep.as_mut().poll(cx).is_pending() {
                             return Poll::Pending;
                         }
-                        if this.shared.remove(*this.seq) {
-                            this.shared.counters.expired.fetch_add(1, Ordering::Relaxed);
+                        if this.handle.shared.remove(*this.place) {
+                            this.handle
+                                .shared
+                                .counters
+                                .expired
+                                .fetch_add(1, Ordering::Relaxed);
                             return Poll::Ready(Err(Elapsed::new().into()));
                         }
                         // Sent (or failed) just before the deadline: the outcome is in the channel now.
@@ -258,10 +271,11 @@ impl<S: Service<Req>, Req> PinnedDrop for ResponseFuture<S, Req> {
     fn drop(self: Pin<&mut Self>) {
         let this = self.project();
         if let Some(ticket) = this.ticket.take() {
-            this.shared.release(ticket.weight);
+            release(this.handle, ticket);
         }
-        if matches!(*this.state, State::Queued(_)) && this.shared.remove(*this.seq) {
-            this.shared
+        if matches!(*this.state, State::Queued(_)) && this.handle.shared.remove(*this.place) {
+            this.handle
+                .shared
                 .counters
                 .cancelled
                 .fetch_add(1, Ordering::Relaxed);
@@ -284,17 +298,17 @@ impl<S: Service<Req>, Req> fmt::Debug for ResponseFuture<S, Req> {
     }
 }
 
-/// Looks through the error and its sources for the delivery verdict of the layer below.
+/// The delivery verdict of the layer below, by the public classifier.
 fn verdict(error: &BoxError) -> Verdict {
-    let mut current: Option<&(dyn Error + 'static)> = Some(&**error);
-    while let Some(e) = current {
-        if e.is::<MaybeDelivered>() || e.is::<LinkLost>() {
-            return Verdict::MaybeDelivered;
-        }
-        if e.is::<NotSent>() {
-            return Verdict::NotSent;
-        }
-        current = e.source();
+    match Outcome::of(error) {
+        Outcome::MaybeDelivered => Verdict::MaybeDelivered,
+        Outcome::NotSent => Verdict::NotSent,
+        _ => Verdict::Other,
     }
-    Verdict::Other
+}
+
+/// Gives back what an answered (or dropped) request held.
+fn release<S: Service<Req>, Req>(handle: &HandleState<S, Req>, ticket: Ticket) {
+    handle.answered();
+    handle.shared.release_weight(ticket.weight);
 }

@@ -9,27 +9,31 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use connman_core::error::{BoxError, Closed, Elapsed, SharedError};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio::time::Instant;
 use tower_service::Service;
 
+use super::config::{QueueConfig, Weigher};
 use super::error::ServiceFailed;
-use super::layer::Weigher;
-use super::service::QueueStats;
-use super::slots::Slots;
+use super::stats::QueueStats;
 
 pub(crate) struct Shared<S: Service<Req>, Req> {
     inner: Mutex<Inner<S, Req>>,
     pub(crate) notify: Arc<Notify>,
-    pub(crate) slots: Slots,
-    /// The weight held, unless `unit_weight`.
-    weight: AtomicUsize,
-    /// Every request weighs one and the weight bound cannot bind before the count bound: the weight held is the
-    /// number of requests called and not yet answered, counted under the lock (calls) and by the slots (answers),
-    /// so the fast path spends no atomic operation on weight.
-    pub(crate) unit_weight: bool,
-    closed: AtomicBool,
+    /// `epoch << 1 | open`. Open while nothing waits and the service below was last seen ready: handles then send
+    /// through their own clone of it without touching anything shared. Written only by the slow path.
+    gate: AtomicU64,
+    /// The capacity: every request the queue answers for holds one permit, taken by handles in batches.
+    pub(crate) permits: Arc<Semaphore>,
+    /// How many permits a handle takes at once when it has none spare.
+    pub(crate) batch: u32,
+    /// Handles waiting for a permit; while any wait, handles give back the permits they hold spare.
+    pub(crate) waiting: AtomicUsize,
+    /// The weight bound, with a weigher of one's own (with the default, one per request, the weight is the count and
+    /// its bound is folded into the capacity).
+    pub(crate) weight: Option<Semaphore>,
     pub(crate) max_weight: usize,
+    closed: AtomicBool,
     pub(crate) max_wait: Duration,
     pub(crate) reject_when_full: bool,
     pub(crate) max_replays: u32,
@@ -39,18 +43,26 @@ pub(crate) struct Shared<S: Service<Req>, Req> {
 
 struct Inner<S: Service<Req>, Req> {
     service: Option<S>,
-    /// Waiting requests, sorted by sequence number: a replayed request goes back to its place.
+    /// Waiting requests, sorted by their place: a replayed request goes back to it.
     queue: VecDeque<Entry<S::Future, Req>>,
     next_seq: u64,
     failure: Option<Failure>,
-    /// Requests called, wrapping, when `unit_weight`.
-    called: u32,
-    /// Requests sent at once on the fast path.
-    direct: u64,
+    /// The counters of every handle, for the gauges.
+    handles: Vec<Weak<Counted>>,
+}
+
+/// Where a request stands in line: requests sent while the gate was open in one epoch come before those queued in
+/// the next (closed) epoch, which come before those sent once it opens again. Inside an open epoch each handle numbers
+/// its own requests, so a handle's requests keep their order through replays; inside a closed epoch the queue numbers
+/// them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Place {
+    pub(crate) epoch: u64,
+    pub(crate) seq: u64,
 }
 
 struct Entry<F, Req> {
-    seq: u64,
+    place: Place,
     deadline: Instant,
     req: Req,
     tx: oneshot::Sender<Result<Dispatch<F, Req>, BoxError>>,
@@ -81,16 +93,31 @@ impl Failure {
 
 /// What a submitted request became.
 pub(crate) enum Submitted<F, Req> {
-    /// Sent at once on the fast path.
-    Sent(u64, F, Req),
+    /// Sent at once.
+    Sent(Place, F, Req),
     /// Waiting in the queue until the deadline.
-    Queued(u64, Instant, Receiver<F, Req>),
+    Queued(Place, Instant, Receiver<F, Req>),
     /// Refused.
     Failed(BoxError),
 }
 
+/// What one handle counts: written by that handle and its own futures only, read by the gauges. Aligned to two cache
+/// lines so that handles on different threads never write the same line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct Counted {
+    /// The handle's capacity word, see [`super::local`].
+    pub(crate) word: AtomicU64,
+    /// Whether a reservation (counted in the word) is not used by a request yet; only the handle writes it.
+    pub(crate) reserved: AtomicBool,
+    /// Requests sent at once on the fast path; only the handle writes it.
+    pub(crate) direct: AtomicU64,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
+    /// Direct sends of handles that are gone.
+    pub(crate) direct: AtomicU64,
     pub(crate) queued: AtomicU64,
     pub(crate) replayed: AtomicU64,
     pub(crate) maybe_delivered: AtomicU64,
@@ -112,48 +139,49 @@ where
     S::Error: Into<BoxError>,
     Req: Clone,
 {
-    pub(crate) fn new(service: S, layer: &super::QueueLayer<Req>) -> Self {
-        let slots = Slots::new(
-            layer.capacity,
-            layer.unit_weight && layer.max_weight >= layer.capacity,
-        );
-        let unit_weight = slots.counts_answers();
+    pub(crate) fn new(service: S, config: &QueueConfig<Req>) -> Self {
+        // Weight is counted one way, by a semaphore of its own, and only where its bound can bind: with one per
+        // request and a weight bound no lower than the capacity, the weight is the count of requests.
+        let weight = (!config.unit_weight || config.max_weight < config.capacity)
+            .then(|| Semaphore::new(config.max_weight));
+        let capacity = config.capacity;
         Self {
             inner: Mutex::new(Inner {
                 service: Some(service),
                 queue: VecDeque::new(),
                 next_seq: 0,
                 failure: None,
-                called: 0,
-                direct: 0,
+                handles: Vec::new(),
             }),
             notify: Arc::new(Notify::new()),
-            slots,
-            weight: AtomicUsize::new(0),
-            unit_weight,
+            gate: AtomicU64::new(0),
+            permits: Arc::new(Semaphore::new(capacity)),
+            batch: u32::try_from((capacity / 64).clamp(1, 16)).unwrap_or(1),
+            waiting: AtomicUsize::new(0),
+            weight,
+            max_weight: config.max_weight,
             closed: AtomicBool::new(false),
-            max_weight: layer.max_weight,
-            max_wait: layer.max_wait,
-            reject_when_full: layer.reject_when_full,
-            max_replays: layer.max_replays,
-            weigh: layer.weigh.clone(),
+            max_wait: config.max_wait,
+            reject_when_full: config.reject_when_full,
+            max_replays: config.max_replays,
+            weigh: config.weigh.clone(),
             counters: Counters::default(),
         }
     }
 
-    /// Sends `req` at once if nothing waits and the inner service is ready; else queues it for at most `wait`.
-    pub(crate) fn submit(&self, req: Req, wait: Duration) -> Submitted<S::Future, Req> {
+    /// The slow path: sends `req` at once if nothing waits and the service below is ready (opening the gate), else
+    /// queues it for at most `wait` (closing the gate). `next` numbers the handle's requests sent while open.
+    pub(crate) fn submit(
+        &self,
+        req: Req,
+        wait: Duration,
+        next: &mut u64,
+    ) -> Submitted<S::Future, Req> {
         let mut guard = self.lock();
         let inner = &mut *guard;
-        if self.unit_weight {
-            // Matched by the answer counted when the request's slot is released, whatever happens next.
-            inner.called = inner.called.wrapping_add(1);
-        }
         if let Some(failure) = &inner.failure {
             return Submitted::Failed(failure.error());
         }
-        let seq = inner.next_seq;
-        inner.next_seq += 1;
         if inner.queue.is_empty()
             && let Some(svc) = inner.service.as_mut()
         {
@@ -163,8 +191,10 @@ where
                 Poll::Ready(Ok(())) => {
                     let keep = req.clone();
                     let fut = svc.call(req);
-                    inner.direct += 1;
-                    return Submitted::Sent(seq, fut, keep);
+                    let epoch = self.open();
+                    let place = Place { epoch, seq: *next };
+                    *next += 1;
+                    return Submitted::Sent(place, fut, keep);
                 }
                 Poll::Ready(Err(e)) => {
                     self.fail(inner, e.into());
@@ -173,11 +203,17 @@ where
                 Poll::Pending => {}
             }
         }
+        let epoch = self.shut();
+        let place = Place {
+            epoch,
+            seq: inner.next_seq,
+        };
+        inner.next_seq += 1;
         // Only a request that has to wait reads the clock.
         let deadline = deadline(Instant::now(), wait);
         let (tx, rx) = oneshot::channel();
         inner.queue.push_back(Entry {
-            seq,
+            place,
             deadline,
             req,
             tx,
@@ -188,13 +224,35 @@ where
             .store(inner.queue.len(), Ordering::Relaxed);
         drop(guard);
         self.notify.notify_one();
-        Submitted::Queued(seq, deadline, rx)
+        Submitted::Queued(place, deadline, rx)
+    }
+
+    /// Opens the gate (a new epoch if it was shut); returns the open epoch. Called under the lock.
+    fn open(&self) -> u64 {
+        let gate = self.gate.load(Ordering::Acquire);
+        if gate & 1 == 1 || self.closed.load(Ordering::Acquire) {
+            return gate >> 1;
+        }
+        let epoch = (gate >> 1) + 1;
+        self.gate.store(epoch << 1 | 1, Ordering::Release);
+        epoch
+    }
+
+    /// Shuts the gate (a new epoch if it was open); returns the shut epoch. Called under the lock.
+    fn shut(&self) -> u64 {
+        let gate = self.gate.load(Ordering::Acquire);
+        if gate & 1 == 0 {
+            return gate >> 1;
+        }
+        let epoch = (gate >> 1) + 1;
+        self.gate.store(epoch << 1, Ordering::Release);
+        epoch
     }
 
     /// Puts a request that was not sent (or that is idempotent) back in its place in the queue.
     pub(crate) fn requeue(
         &self,
-        seq: u64,
+        place: Place,
         deadline: Instant,
         req: Req,
     ) -> Result<Receiver<S::Future, Req>, BoxError> {
@@ -203,12 +261,14 @@ where
         if let Some(failure) = &inner.failure {
             return Err(failure.error());
         }
+        // Nothing issued after it may overtake it: the gate stays shut until the queue is empty again.
+        self.shut();
         let (tx, rx) = oneshot::channel();
-        let pos = inner.queue.partition_point(|e| e.seq < seq);
+        let pos = inner.queue.partition_point(|e| e.place <= place);
         inner.queue.insert(
             pos,
             Entry {
-                seq,
+                place,
                 deadline,
                 req,
                 tx,
@@ -247,12 +307,14 @@ where
             self.counters
                 .len
                 .store(inner.queue.len(), Ordering::Relaxed);
-            if inner.queue.is_empty() {
-                return Poll::Ready(Step::Idle);
-            }
             let Some(svc) = inner.service.as_mut() else {
                 return Poll::Ready(Step::Stop);
             };
+            if inner.queue.is_empty() {
+                // Drained. The gate stays shut until a request finds the service below ready with nothing waiting
+                // (`submit`): asking here would leave the service reserved for a call that may never come.
+                return Poll::Ready(Step::Idle);
+            }
             match svc.poll_ready(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => {
@@ -286,15 +348,6 @@ where
         Self::failure_of(&self.lock())
     }
 
-    /// Reserves `weight`; false if it does not fit.
-    pub(crate) fn reserve_weight(&self, weight: usize) -> bool {
-        self.weight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-                held.checked_add(weight).filter(|&w| w <= self.max_weight)
-            })
-            .is_ok()
-    }
-
     fn failure_of(inner: &Inner<S, Req>) -> BoxError {
         inner
             .failure
@@ -315,16 +368,74 @@ where
         inner.service = None;
         self.counters.len.store(0, Ordering::Relaxed);
         self.closed.store(true, Ordering::Release);
-        self.slots.close();
+        self.shut();
+        self.permits.close();
         self.notify.notify_one();
     }
 }
 
 impl<S: Service<Req>, Req> Shared<S, Req> {
-    /// Takes request `seq` out of the queue; false if it is no longer there (sent or failed already).
-    pub(crate) fn remove(&self, seq: u64) -> bool {
+    /// The gate word: open (bit 0) and the epoch.
+    pub(crate) fn gate(&self) -> u64 {
+        self.gate.load(Ordering::Acquire)
+    }
+
+    /// A clone of the service below for a handle's fast path; `None` once the queue is closed.
+    pub(crate) fn clone_service(&self) -> Option<S>
+    where
+        S: Clone,
+    {
+        self.lock().service.clone()
+    }
+
+    /// Takes back the permits every handle holds spare, for a handle that found none free.
+    pub(crate) fn reclaim_spare(&self) {
+        let inner = self.lock();
+        let n: u64 = inner
+            .handles
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|h| super::local::reclaim(&h))
+            .sum();
+        drop(inner);
+        if n > 0 {
+            // At most the capacity, which fits a usize.
+            self.permits.add_permits(n as usize);
+        }
+    }
+
+    /// Registers a handle's counters for the gauges.
+    pub(crate) fn register(&self, counted: &Arc<Counted>) {
         let mut inner = self.lock();
-        match inner.queue.binary_search_by_key(&seq, |e| e.seq) {
+        inner.handles.retain(|h| h.strong_count() > 0);
+        inner.handles.push(Arc::downgrade(counted));
+    }
+
+    /// Reserves `weight` with a weigher of one's own; false if it does not fit.
+    pub(crate) fn reserve_weight(&self, weight: usize) -> bool {
+        let Some(sem) = &self.weight else {
+            return true;
+        };
+        match u32::try_from(weight) {
+            Ok(0) => true,
+            Ok(n) => sem.try_acquire_many(n).map(|p| p.forget()).is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// Gives back `weight` reserved with [`Shared::reserve_weight`].
+    pub(crate) fn release_weight(&self, weight: usize) {
+        if let Some(sem) = &self.weight
+            && weight != 0
+        {
+            sem.add_permits(weight);
+        }
+    }
+
+    /// Takes the request at `place` out of the queue; false if it is no longer there (sent or failed already).
+    pub(crate) fn remove(&self, place: Place) -> bool {
+        let mut inner = self.lock();
+        match inner.queue.binary_search_by_key(&place, |e| e.place) {
             Ok(pos) => {
                 inner.queue.remove(pos);
                 self.counters
@@ -336,34 +447,27 @@ impl<S: Service<Req>, Req> Shared<S, Req> {
         }
     }
 
-    /// Gives back the slot and `weight` of a request that was called.
-    pub(crate) fn release(&self, weight: usize) {
-        if !self.unit_weight && weight != 0 {
-            self.weight.fetch_sub(weight, Ordering::AcqRel);
-        }
-        self.slots.release(true);
-    }
-
-    /// Gives back a slot reserved by `poll_ready` that no request used.
-    pub(crate) fn release_slot(&self) {
-        self.slots.release(false);
-    }
-
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
 
     pub(crate) fn stats(&self) -> QueueStats {
         let c = &self.counters;
-        let (weight, direct) = {
+        let (count, direct) = {
             let inner = self.lock();
-            // Answers follow calls and calls wait for the lock: the difference is the weight held.
-            let weight = if self.unit_weight {
-                inner.called.wrapping_sub(self.slots.answered()) as usize
-            } else {
-                self.weight.load(Ordering::Relaxed)
-            };
-            (weight, inner.direct)
+            inner.handles.iter().filter_map(Weak::upgrade).fold(
+                (0, c.direct.load(Ordering::Relaxed)),
+                |(n, d), h| {
+                    (
+                        n + super::local::in_flight(&h),
+                        d + h.direct.load(Ordering::Relaxed),
+                    )
+                },
+            )
+        };
+        let weight = match &self.weight {
+            Some(sem) => self.max_weight.saturating_sub(sem.available_permits()),
+            None => count,
         };
         QueueStats {
             len: c.len.load(Ordering::Relaxed),

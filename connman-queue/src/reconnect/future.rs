@@ -66,7 +66,11 @@ where
 /// A call counts until its future is dropped, not merely until it is ready: the owner (a `Queue`) puts a request
 /// that was never written back in its place before it drops the future, so once the count is zero every such request
 /// is back in line.
+///
+/// Each handle counts its own calls; the type is aligned to two cache lines so that handles on different threads never
+/// write the same line.
 #[derive(Debug, Default)]
+#[repr(align(128))]
 pub(crate) struct Calls {
     open: AtomicUsize,
     settled: AtomicWaker,

@@ -3,8 +3,9 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Poll, Wake, Waker};
 
 use connman_core::driver::{Driver, Next};
 use connman_core::error::{BoxError, Closed, Elapsed, NotSent};
@@ -12,13 +13,14 @@ use connman_core::lifecycle::{CloseReason, Event, Lifecycle, State};
 use connman_core::rt::tokio::{Publish, TokioTimer};
 use tokio::sync::{broadcast, watch};
 use tokio::time::{Sleep, Timeout};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tower_service::Service;
 
+use super::config::{BoxBackoff, Classifier, ReconnectConfig};
 use super::error::{FatalConnect, GaveUp};
 use super::future::{Calls, ResponseFuture};
+use super::handle::{CloseHandle, Closer, ReconnectStats};
 use super::hook::{Identity, OnUp};
-use super::layer::{BoxBackoff, Classifier, CloseHandle, ReconnectLayer};
 
 /// A service that keeps a connection made by a make service `M` up, and serves requests through it.
 ///
@@ -29,8 +31,14 @@ use super::layer::{BoxBackoff, Classifier, CloseHandle, ReconnectLayer};
 /// `poll_ready` fail for good: with [`FatalConnect`], [`GaveUp`] or [`Closed`]. A backoff of zero reconnects at once,
 /// yielding to the scheduler every few attempts rather than spinning inside one `poll_ready`.
 ///
+/// A clone is a new handle to the same link (one lifecycle, one connection). Each handle keeps its own clone of the
+/// connection service, so while the link is up a request through any handle touches nothing the other handles
+/// write: `poll_ready` reads one shared word (the link's generation) and asks the handle's own connection clone. The
+/// connection service must therefore be `Clone`, as pipelined clients are. The link is closed when the last handle is
+/// dropped.
+///
 /// ```
-/// use connman_queue::reconnect::Reconnect;
+/// use connman_queue::reconnect::{Reconnect, ReconnectConfig};
 /// use tower::{ServiceExt, service_fn};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
@@ -39,11 +47,44 @@ use super::layer::{BoxBackoff, Classifier, CloseHandle, ReconnectLayer};
 /// let connect = service_fn(|_addr: &'static str| async {
 ///     Ok::<_, std::io::Error>(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n * 2) }))
 /// });
-/// let reconnect = Reconnect::new(connect, "127.0.0.1:7000");
+/// let reconnect = Reconnect::new(connect, ReconnectConfig::new("127.0.0.1:7000"));
 /// assert_eq!(reconnect.oneshot(21).await?, 42);
 /// # Ok(()) }
 /// ```
 pub struct Reconnect<M, Target, H = Identity>
+where
+    M: Service<Target>,
+    H: OnUp<M::Response>,
+{
+    shared: Arc<Shared<M, Target, H>>,
+    /// This handle's clone of the connection, while it belongs to the current generation.
+    local: Option<Local<H::Service>>,
+}
+
+/// A handle's own view of the link: its clone of the connection and the open calls it made on it.
+struct Local<S> {
+    generation: u64,
+    svc: S,
+    calls: Arc<Calls>,
+}
+
+/// What every handle of one link shares.
+struct Shared<M, Target, H>
+where
+    M: Service<Target>,
+    H: OnUp<M::Response>,
+{
+    /// `generation << 1 | up`: written only when the link comes up (and has settled) or is lost; read by every
+    /// request.
+    gate: AtomicU64,
+    close: Closer,
+    /// The handles parked on the slow path; the machine's futures are polled with a waker that wakes them all.
+    wakers: Arc<Wakers>,
+    core: Mutex<Core<M, Target, H>>,
+}
+
+/// The slow path: the machine and what it drives, under a lock taken only while the link is not up for a handle.
+struct Core<M, Target, H>
 where
     M: Service<Target>,
     H: OnUp<M::Response>,
@@ -60,12 +101,21 @@ where
     attempt: Option<Attempt<M::Future, H::Future>>,
     /// The connection, while the machine is up.
     svc: Option<H::Service>,
-    /// The open calls of the current connection.
-    calls: Arc<Calls>,
+    /// Counts links made, so that a handle can tell its connection clone is of a lost link.
+    generation: u64,
+    /// The open calls of every handle on the current connection.
+    calls: Vec<Weak<Calls>>,
     /// The open calls of the last lost connection, and how long a new connection waits for them at most.
-    settling: Option<(Arc<Calls>, Pin<Box<Sleep>>)>,
-    close: CancellationToken,
+    settling: Option<Settling>,
+    close: Closer,
+    hook_runs: Arc<AtomicU64>,
     close_wait: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+}
+
+/// The open calls of a lost connection, and how long a new connection waits for them at most.
+struct Settling {
+    calls: Vec<Weak<Calls>>,
+    bound: Pin<Box<Sleep>>,
 }
 
 /// After this many transitions in one `poll_ready` the service yields, so that a zero backoff cannot spin.
@@ -82,78 +132,108 @@ enum Step {
     Park,
 }
 
-impl<M, Target> Reconnect<M, Target>
-where
-    M: Service<Target>,
-    Target: Clone,
-{
-    /// Reconnects to `target` through `mk` with the defaults of [`ReconnectLayer::new`].
-    pub fn new(mk: M, target: Target) -> Self {
-        Self::from_layer(mk, ReconnectLayer::new(target))
-    }
-}
-
 impl<M, Target, H> Reconnect<M, Target, H>
 where
     M: Service<Target>,
     H: OnUp<M::Response>,
 {
-    pub(crate) fn from_layer(mk: M, layer: ReconnectLayer<Target, H>) -> Self {
-        let lifecycle = Lifecycle::with_config((layer.backoff)(), layer.config);
-        Self {
+    /// Reconnects through `mk` with `config` (and its shared state watch, events and close handle).
+    pub fn new(mk: M, config: ReconnectConfig<Target, H>) -> Self {
+        let lifecycle = Lifecycle::with_config((config.backoff)(), config.config);
+        let close = config.observe.close;
+        let core = Core {
             mk,
-            target: layer.target,
-            hook: layer.hook,
-            classify: layer.classify,
-            hook_timeout: layer.hook_timeout,
-            settle_timeout: layer.settle_timeout,
-            driver: Driver::new(lifecycle, TokioTimer::new(), layer.observe.publish),
+            target: config.target,
+            hook: config.hook,
+            classify: config.classify,
+            hook_timeout: config.hook_timeout,
+            settle_timeout: config.settle_timeout,
+            driver: Driver::new(lifecycle, TokioTimer::new(), config.observe.publish),
             attempt: None,
             svc: None,
-            calls: Arc::default(),
+            generation: 0,
+            calls: Vec::new(),
             settling: None,
-            close: layer.observe.close,
+            close: close.clone(),
+            hook_runs: config.observe.hook_runs,
             close_wait: None,
+        };
+        Self {
+            shared: Arc::new(Shared {
+                gate: AtomicU64::new(0),
+                close,
+                wakers: Arc::default(),
+                core: Mutex::new(core),
+            }),
+            local: None,
         }
-    }
-
-    /// The make service.
-    pub fn get_ref(&self) -> &M {
-        &self.mk
-    }
-
-    /// The make service, mutably.
-    pub fn get_mut(&mut self) -> &mut M {
-        &mut self.mk
     }
 
     /// The state of the link, as it changes.
     pub fn state(&self) -> watch::Receiver<State> {
-        self.driver.observer().state()
+        self.shared.lock().driver.observer().state()
     }
 
     /// The lifecycle events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.driver.observer().subscribe()
+        self.shared.lock().driver.observer().subscribe()
+    }
+
+    /// Lossless counts of the link's events so far.
+    pub fn stats(&self) -> ReconnectStats {
+        let core = self.shared.lock();
+        ReconnectStats {
+            lifecycle: core.driver.observer().counters(),
+            hook_runs: core.hook_runs.load(Ordering::Relaxed),
+        }
     }
 
     /// A handle that closes this link for good from anywhere.
     pub fn close_handle(&self) -> CloseHandle {
-        CloseHandle::from_token(self.close.clone())
+        CloseHandle::new(self.shared.close.clone())
     }
 
-    /// Closes the link for good: cancels a connect in progress (UP-17), drops a pending backoff timer (UP-18), tears
-    /// an established connection down. Every later `poll_ready` fails with [`Closed`].
+    /// Closes the link for good, for every handle: cancels a connect in progress (UP-17), drops a pending backoff
+    /// timer (UP-18), tears an established connection down. Every later `poll_ready` fails with [`Closed`].
     pub fn close(&mut self) {
-        self.close.cancel();
-        self.close_now();
+        self.shared.close.close();
+        self.local = None;
+        let mut core = self.shared.lock();
+        core.close_now(&self.shared.gate);
+        drop(core);
+        self.shared.wakers.wake_all();
     }
+}
 
-    fn close_now(&mut self) {
+impl<M, Target, H> Shared<M, Target, H>
+where
+    M: Service<Target>,
+    H: OnUp<M::Response>,
+{
+    fn lock(&self) -> MutexGuard<'_, Core<M, Target, H>> {
+        // No user code that could leave the core half-changed runs under this lock but the make service, the hook and
+        // the connection's `poll_ready`; a panic there leaves the machine in a state it can move on from.
+        self.core.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<M, Target, H> Core<M, Target, H>
+where
+    M: Service<Target>,
+    H: OnUp<M::Response>,
+{
+    fn close_now(&mut self, gate: &AtomicU64) {
         self.driver.close();
         // What the close cancels (the connect, the link) is dropped here; the driver dropped the timer.
         self.attempt = None;
         self.svc = None;
+        self.down(gate);
+    }
+
+    /// The link is not up for handles any more: the next generation starts.
+    fn down(&mut self, gate: &AtomicU64) {
+        self.generation += 1;
+        gate.store(self.generation << 1, Ordering::Release);
     }
 
     /// The error every `poll_ready` fails with once the machine is closed.
@@ -172,14 +252,37 @@ where
         self.driver.connect_failed(error, kind);
     }
 
+    /// The connection of `generation` is lost (a handle's clone failed its `poll_ready`); a stale report is ignored.
+    /// The calls still open on it must settle before the next connection serves anything.
+    fn lost(&mut self, generation: u64, error: BoxError, gate: &AtomicU64) {
+        if generation != self.generation || !self.driver.state().is_up() {
+            return;
+        }
+        self.svc = None;
+        self.down(gate);
+        let lost = std::mem::take(&mut self.calls);
+        if lost
+            .iter()
+            .any(|c| c.upgrade().is_some_and(|c| c.any_open()))
+        {
+            let bound = Box::pin(tokio::time::sleep(self.settle_timeout));
+            self.settling = Some(Settling { calls: lost, bound });
+        }
+        self.driver.link_lost(error);
+    }
+
     /// The replay barrier: true once the calls of the last lost connection have all been dropped by their owners, or
     /// the settle timeout has passed. A request that one of them failed as never written is then back in its place in
     /// a queue above, so nothing issued later overtakes it on the new connection.
     fn settled(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some((calls, bound)) = &mut self.settling else {
+        let Some(Settling { calls, bound }) = &mut self.settling else {
             return true;
         };
-        if calls.poll_settled(cx).is_pending() && bound.as_mut().poll(cx).is_pending() {
+        let open = calls
+            .iter()
+            .filter_map(Weak::upgrade)
+            .any(|c| c.poll_settled(cx).is_pending());
+        if open && bound.as_mut().poll(cx).is_pending() {
             return false;
         }
         self.settling = None;
@@ -188,7 +291,7 @@ where
 
     /// Registers for a close while the service waits; true if it is closed already.
     fn closed_while_parked(&mut self, cx: &mut Context<'_>) -> bool {
-        let close = &self.close;
+        let close = self.close.token();
         let wait = self
             .close_wait
             .get_or_insert_with(|| Box::pin(close.clone().cancelled_owned()));
@@ -196,24 +299,23 @@ where
     }
 }
 
-impl<M, Target, H, Req> Service<Req> for Reconnect<M, Target, H>
+impl<M, Target, H> Core<M, Target, H>
 where
     M: Service<Target>,
     M::Error: Into<BoxError>,
     Target: Clone,
     H: OnUp<M::Response>,
-    H::Service: Service<Req>,
-    <H::Service as Service<Req>>::Error: Into<BoxError>,
 {
-    type Response = <H::Service as Service<Req>>::Response;
-    type Error = BoxError;
-    type Future = ResponseFuture<<H::Service as Service<Req>>::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+    /// Drives the machine until the link is up and settled (then the gate is open), closed, or waiting.
+    fn poll_up<Req>(&mut self, cx: &mut Context<'_>, gate: &AtomicU64) -> Poll<Result<(), BoxError>>
+    where
+        H::Service: Service<Req>,
+        <H::Service as Service<Req>>::Error: Into<BoxError>,
+    {
         let mut steps = 0;
         loop {
-            if self.close.is_cancelled() && !self.driver.state().is_closed() {
-                self.close_now();
+            if self.close.is_closed() && !self.driver.state().is_closed() {
+                self.close_now(gate);
             }
             // The driver first: it fires the backoff timer, and hands out what the machine asks of this owner.
             match self.driver.poll_next(cx) {
@@ -238,15 +340,18 @@ where
                     Step::Again
                 }
                 State::Up { .. } => match self.svc.as_mut().map(|svc| svc.poll_ready(cx)) {
-                    Some(Poll::Ready(Ok(()))) if self.settled(cx) => return Poll::Ready(Ok(())),
+                    Some(Poll::Ready(Ok(()))) if self.settled(cx) => {
+                        gate.store(self.generation << 1 | 1, Ordering::Release);
+                        return Poll::Ready(Ok(()));
+                    }
                     Some(Poll::Ready(Ok(())) | Poll::Pending) => Step::Park,
                     Some(Poll::Ready(Err(e))) => {
-                        self.lost(e.into());
+                        self.lost(self.generation, e.into(), gate);
                         Step::Again
                     }
                     // Up without a connection cannot happen: the two are set together.
                     None => {
-                        self.lost(Closed::new().into());
+                        self.lost(self.generation, Closed::new().into(), gate);
                         Step::Again
                     }
                 },
@@ -267,22 +372,6 @@ where
         }
     }
 
-    fn call(&mut self, req: Req) -> Self::Future {
-        match &mut self.svc {
-            Some(svc) => ResponseFuture::called(svc.call(req), self.calls.open()),
-            // Called without a successful `poll_ready`: nothing was written, so the request may be retried.
-            None => ResponseFuture::failed(NotSent::new().into()),
-        }
-    }
-}
-
-impl<M, Target, H> Reconnect<M, Target, H>
-where
-    M: Service<Target>,
-    M::Error: Into<BoxError>,
-    Target: Clone,
-    H: OnUp<M::Response>,
-{
     /// Moves the connect attempt on: the make service, then the hook. `Park` once it waits.
     fn poll_attempt(&mut self, cx: &mut Context<'_>) -> Step {
         match &mut self.attempt {
@@ -301,6 +390,7 @@ where
             Some(Attempt::Making(fut)) => match fut.as_mut().poll(cx) {
                 Poll::Pending => Step::Park,
                 Poll::Ready(Ok(conn)) => {
+                    self.hook_runs.fetch_add(1, Ordering::Relaxed);
                     let hook = self.hook.on_up(conn);
                     let hook = tokio::time::timeout(self.hook_timeout, hook);
                     self.attempt = Some(Attempt::Hooking(Box::pin(hook)));
@@ -330,43 +420,143 @@ where
             },
         }
     }
+}
 
-    /// The link is lost: drop the connection and back off before the next one. Its calls that are still open must
-    /// settle before the next connection serves anything.
-    fn lost(&mut self, error: BoxError) {
-        self.svc = None;
-        let lost = std::mem::take(&mut self.calls);
-        if lost.any_open() {
-            let bound = Box::pin(tokio::time::sleep(self.settle_timeout));
-            self.settling = Some((lost, bound));
+impl<M, Target, H, Req> Service<Req> for Reconnect<M, Target, H>
+where
+    M: Service<Target>,
+    M::Error: Into<BoxError>,
+    Target: Clone,
+    H: OnUp<M::Response>,
+    H::Service: Service<Req> + Clone,
+    <H::Service as Service<Req>>::Error: Into<BoxError>,
+{
+    type Response = <H::Service as Service<Req>>::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<<H::Service as Service<Req>>::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        loop {
+            // The fast path: the link is up in this handle's generation, and not closed. Two loads of shared words
+            // that only the slow path writes.
+            if let Some(local) = &mut self.local {
+                if self.shared.gate.load(Ordering::Acquire) == (local.generation << 1 | 1)
+                    && !self.shared.close.is_closed()
+                {
+                    match local.svc.poll_ready(cx) {
+                        Poll::Ready(Ok(())) => return Poll::Ready(Ok(())),
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Err(e)) => {
+                            let generation = local.generation;
+                            self.local = None;
+                            let mut core = self.shared.lock();
+                            core.lost(generation, e.into(), &self.shared.gate);
+                        }
+                    }
+                } else {
+                    self.local = None;
+                }
+            }
+            // The slow path: drive the machine under the lock, woken with every other handle that waits.
+            let shared = &*self.shared;
+            shared.wakers.register(cx.waker());
+            let waker = Waker::from(shared.wakers.clone());
+            let mut slow = Context::from_waker(&waker);
+            let mut core = shared.lock();
+            match core.poll_up::<Req>(&mut slow, &shared.gate) {
+                Poll::Ready(Ok(())) => {
+                    let Some(svc) = core.svc.clone() else {
+                        // `poll_up` is ready only with a connection; should that ever change, try again.
+                        continue;
+                    };
+                    let calls = Arc::new(Calls::default());
+                    core.calls.retain(|c| c.strong_count() > 0);
+                    core.calls.push(Arc::downgrade(&calls));
+                    self.local = Some(Local {
+                        generation: core.generation,
+                        svc,
+                        calls,
+                    });
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
         }
-        self.driver.link_lost(error);
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        match &mut self.local {
+            Some(local) => ResponseFuture::called(local.svc.call(req), local.calls.open()),
+            // Called without a successful `poll_ready`: nothing was written, so the request may be retried.
+            None => ResponseFuture::failed(NotSent::new().into()),
+        }
     }
 }
 
-impl<M, Target, H> Drop for Reconnect<M, Target, H>
+impl<M, Target, H> Clone for Reconnect<M, Target, H>
+where
+    M: Service<Target>,
+    H: OnUp<M::Response>,
+{
+    fn clone(&self) -> Self {
+        // A clone of a ready handle is not ready: it takes its own connection clone in `poll_ready`.
+        Self {
+            shared: self.shared.clone(),
+            local: None,
+        }
+    }
+}
+
+impl<M, Target, H> Drop for Core<M, Target, H>
 where
     M: Service<Target>,
     H: OnUp<M::Response>,
 {
     fn drop(&mut self) {
+        // The last handle is gone: nobody can use the link any more.
         if !self.driver.state().is_closed() {
-            self.close_now();
+            self.driver.close();
         }
     }
 }
 
 impl<M, Target, H> fmt::Debug for Reconnect<M, Target, H>
 where
-    M: Service<Target> + fmt::Debug,
-    Target: fmt::Debug,
+    M: Service<Target>,
     H: OnUp<M::Response>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Reconnect")
-            .field("mk", &self.mk)
-            .field("target", &self.target)
-            .field("driver", &self.driver)
+            .field("gate", &self.shared.gate.load(Ordering::Relaxed))
+            .field("ready", &self.local.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+/// The wakers of every handle parked on the slow path; waking it wakes them all.
+#[derive(Default)]
+struct Wakers(Mutex<Vec<Waker>>);
+
+impl Wakers {
+    fn register(&self, waker: &Waker) {
+        let mut wakers = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if !wakers.iter().any(|w| w.will_wake(waker)) {
+            wakers.push(waker.clone());
+        }
+    }
+
+    fn wake_all(&self) {
+        let wakers = std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
+        wakers.into_iter().for_each(Waker::wake);
+    }
+}
+
+impl Wake for Wakers {
+    fn wake(self: Arc<Self>) {
+        self.wake_all();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.wake_all();
     }
 }

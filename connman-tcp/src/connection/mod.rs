@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use connman_core::backoff::{Backoff, presets};
 use connman_core::driver::Driver;
-use connman_core::error::BoxError;
+use connman_core::error::{BoxError, NoRuntime};
 use connman_core::lifecycle::{CloseReason, Config, FailureKind, Lifecycle};
 use connman_core::rt::tokio::TokioTimer;
 use connman_core::supervise::Disconnect;
@@ -45,10 +45,9 @@ pub const DEFAULT_READ_BUFFER: usize = 8 * 1024;
 /// When the last handle is dropped the connection is disconnected, as by [`Connection::disconnect`]; a [`Writer`] does
 /// not keep it alive.
 ///
-/// # Panics
-///
-/// Building one outside a tokio runtime panics, as [`tokio::spawn`] does.
+/// Building one outside a tokio runtime fails with [`NoRuntime`].
 #[derive(Clone)]
+#[must_use = "dropping the last handle disconnects the connection"]
 pub struct Connection {
     inner: Arc<Inner>,
 }
@@ -76,12 +75,22 @@ impl Connection {
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
-    /// let conn = Connection::connect(HostPort::new("127.0.0.1", 9), ());
+    /// let conn = Connection::connect(HostPort::new("127.0.0.1", 9), ()).expect("inside a runtime");
     /// conn.disconnect();
     /// conn.closed().await;
     /// # }
     /// ```
-    pub fn connect<T, H>(target: T, handler: H) -> Connection
+    ///
+    /// Outside a tokio runtime it fails with [`NoRuntime`]:
+    ///
+    /// ```
+    /// use connman_core::error::NoRuntime;
+    /// use connman_tcp::{Connection, HostPort};
+    ///
+    /// let err = Connection::connect(HostPort::new("127.0.0.1", 9), ()).unwrap_err();
+    /// assert_eq!(err, NoRuntime::new());
+    /// ```
+    pub fn connect<T, H>(target: T, handler: H) -> Result<Connection, NoRuntime>
     where
         TcpConnector: Service<T, Response = tokio::net::TcpStream, Error = ConnectError>,
         <TcpConnector as Service<T>>::Future: Send,
@@ -148,7 +157,7 @@ impl Connection {
 ///     members.iter().for_each(Disconnect::disconnect);
 /// }
 ///
-/// let conn = Connection::connect(HostPort::new("127.0.0.1", 9), ());
+/// let conn = Connection::connect(HostPort::new("127.0.0.1", 9), ()).expect("inside a runtime");
 /// stop_all(std::slice::from_ref(&conn));
 /// conn.closed().await;
 /// # }
@@ -242,10 +251,8 @@ impl<C, T, H> Builder<C, T, H> {
 
     /// Spawns the connection's task on the current runtime and starts connecting at once (CN-02).
     ///
-    /// # Panics
-    ///
-    /// Outside a tokio runtime, as [`tokio::spawn`].
-    pub fn connect<IO>(self) -> Connection
+    /// Outside a tokio runtime it fails with [`NoRuntime`] (and the handler is dropped unused).
+    pub fn connect<IO>(self) -> Result<Connection, NoRuntime>
     where
         C: Service<T, Response = IO> + Send + 'static,
         C::Error: Into<BoxError>,
@@ -254,6 +261,7 @@ impl<C, T, H> Builder<C, T, H> {
         T: Clone + fmt::Debug + Send + 'static,
         H: Handler,
     {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| NoRuntime::new())?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let stop_tx = Arc::new(stop_tx);
         let (state_tx, state_rx) = watch::channel(State::Idle);
@@ -280,8 +288,8 @@ impl<C, T, H> Builder<C, T, H> {
             stop: stop_rx,
             writer: writer.clone(),
         };
-        tokio::spawn(supervisor.run().instrument(span));
-        Connection {
+        runtime.spawn(supervisor.run().instrument(span));
+        Ok(Connection {
             inner: Arc::new(Inner {
                 stop: stop_tx,
                 state: state_rx,
@@ -289,7 +297,7 @@ impl<C, T, H> Builder<C, T, H> {
                 writer,
                 reason,
             }),
-        }
+        })
     }
 }
 

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use connman_core::backoff::Constant;
 use connman_core::lifecycle::CloseReason;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 /// What the scripted connector does on its next attempt.
@@ -88,104 +88,10 @@ impl Service<&'static str> for Script {
     }
 }
 
-/// What a handler saw.
-#[derive(Debug, Clone)]
-enum Call {
-    Connect,
-    Reconnect,
-    Reset,
-    Data(Bytes),
-    Event(Event),
-    Close,
-}
-
-/// A handler that records every call, with its instant, and forwards it to the test.
-struct Recorder {
-    log: Arc<Mutex<Vec<(Instant, Call)>>>,
-    tx: mpsc::Sender<Call>,
-    writer: Arc<Mutex<Option<Writer>>>,
-}
-
-impl Recorder {
-    fn record(&mut self, call: Call) {
-        self.log
-            .lock()
-            .unwrap()
-            .push((Instant::now(), call.clone()));
-        let _ = self.tx.try_send(call);
-    }
-}
-
-impl Handler for Recorder {
-    fn on_connect(&mut self, writer: Writer) {
-        *self.writer.lock().unwrap() = Some(writer);
-        self.record(Call::Connect);
-    }
-    fn on_reconnect(&mut self) {
-        self.record(Call::Reconnect);
-    }
-    fn on_reset(&mut self) {
-        self.record(Call::Reset);
-    }
-    fn on_data(&mut self, data: Bytes) {
-        self.record(Call::Data(data));
-    }
-    fn on_event(&mut self, event: &Event) {
-        self.record(Call::Event(event.clone()));
-    }
-    fn on_close(&mut self) {
-        self.record(Call::Close);
-    }
-}
-
-/// The test's side of a [`Recorder`].
-struct Probe {
-    log: Arc<Mutex<Vec<(Instant, Call)>>>,
-    rx: mpsc::Receiver<Call>,
-    writer: Arc<Mutex<Option<Writer>>>,
-}
-
-impl Probe {
-    /// Waits for the next call that matches.
-    async fn until(&mut self, pred: impl Fn(&Call) -> bool) -> Call {
-        loop {
-            let call = self.rx.recv().await.expect("the connection task is alive");
-            if pred(&call) {
-                return call;
-            }
-        }
-    }
-
-    fn calls(&self) -> Vec<Call> {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(_, c)| c.clone())
-            .collect()
-    }
-
-    fn count(&self, pred: impl Fn(&Call) -> bool) -> usize {
-        self.calls().iter().filter(|c| pred(c)).count()
-    }
-
-    fn writer(&self) -> Writer {
-        self.writer.lock().unwrap().clone().expect("on_connect ran")
-    }
-}
+use crate::testing::{Call, Probe, Recorder};
 
 fn recorder() -> (Recorder, Probe) {
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let writer = Arc::new(Mutex::new(None));
-    let (tx, rx) = mpsc::channel(1024);
-    (
-        Recorder {
-            log: log.clone(),
-            tx,
-            writer: writer.clone(),
-        },
-        Probe { log, rx, writer },
-    )
+    crate::testing::recorder(None)
 }
 
 fn is_connect(c: &Call) -> bool {
@@ -225,7 +131,7 @@ fn offsets(attempts: &[Instant]) -> Vec<Duration> {
 async fn cn_01_invalid_target_is_a_typed_fatal_error() {
     let (rec, mut probe) = recorder();
     let target: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let conn = Connection::connect(target, rec);
+    let conn = Connection::connect(target, rec).expect("inside a runtime");
     assert_eq!(conn.closed().await, CloseReason::Fatal);
     let Call::Event(Event::ConnectFailed {
         error, next_delay, ..
@@ -247,7 +153,7 @@ async fn cn_02_connecting_starts_on_construction() {
     let script = Script::default();
     script.push(Outcome::Hang);
     let (rec, mut probe) = recorder();
-    let conn = connect(&script, rec).connect();
+    let conn = connect(&script, rec).connect().expect("inside a runtime");
     probe
         .until(|c| matches!(c, Call::Event(Event::Connecting { attempt: 1 })))
         .await;
@@ -260,7 +166,7 @@ async fn cn_03_on_connect_once_then_on_reconnect() {
     let script = Script::default();
     let first = script.accept();
     let (rec, mut probe) = recorder();
-    let _conn = connect(&script, rec).connect();
+    let _conn = connect(&script, rec).connect().expect("inside a runtime");
     probe.until(is_connect).await;
     // Three more links, each lost in turn.
     let mut server = first;
@@ -288,7 +194,7 @@ async fn cn_04_lost_link_resets_then_reconnects_after_backoff() {
     let script = Script::default();
     let server = script.accept();
     let (rec, mut probe) = recorder();
-    let _conn = connect(&script, rec).connect();
+    let _conn = connect(&script, rec).connect().expect("inside a runtime");
     probe.until(is_connect).await;
     let _second = script.accept();
     let lost_at = Instant::now();
@@ -328,7 +234,7 @@ async fn cn_05_failed_attempts_are_events_not_resets() {
     }
     let _server = script.accept();
     let (rec, mut probe) = recorder();
-    let _conn = connect(&script, rec).connect();
+    let _conn = connect(&script, rec).connect().expect("inside a runtime");
     probe.until(is_connect).await;
     assert_eq!(probe.count(is_failed), 3);
     assert_eq!(probe.count(is_reset), 0);
@@ -343,7 +249,7 @@ async fn cn_06_errors_are_events_not_panics() {
     script.push(Outcome::Fail(io::ErrorKind::Other));
     let _server = script.accept();
     let (rec, mut probe) = recorder();
-    let conn = connect(&script, rec).connect();
+    let conn = connect(&script, rec).connect().expect("inside a runtime");
     let mut events = conn.events();
     probe.until(is_connect).await;
     let kinds: Vec<io::ErrorKind> = probe
@@ -381,7 +287,7 @@ async fn cn_07_data_arrives_as_raw_chunks() {
     let script = Script::default();
     let mut server = script.accept();
     let (rec, mut probe) = recorder();
-    let _conn = connect(&script, rec).connect();
+    let _conn = connect(&script, rec).connect().expect("inside a runtime");
     probe.until(is_connect).await;
     server.write_all(b"hello\r\n").await.unwrap();
     let mut got = Vec::new();
@@ -404,7 +310,7 @@ async fn cn_07_data_arrives_as_raw_chunks() {
 async fn cn_08_backoff_schedule_to_the_instant() {
     let script = Script::default();
     let (rec, mut probe) = recorder();
-    let _conn = connect(&script, rec).connect();
+    let _conn = connect(&script, rec).connect().expect("inside a runtime");
     for _ in 0..6 {
         probe.until(is_failed).await;
     }
@@ -433,7 +339,7 @@ async fn cn_09_success_resets_the_backoff() {
     }
     let server = script.accept();
     let (rec, mut probe) = recorder();
-    let _conn = connect(&script, rec).connect();
+    let _conn = connect(&script, rec).connect().expect("inside a runtime");
     probe.until(is_connect).await;
     assert_eq!(offsets(&script.attempts()), [0, 20, 60, 140].map(ms));
     let _next = script.accept();
@@ -450,7 +356,8 @@ async fn cn_10_max_attempts_gives_up_with_closed_gave_up() {
     let (rec, mut probe) = recorder();
     let conn = connect(&script, rec)
         .backoff(Constant::new(ms(100)).with_max_attempts(2).unwrap())
-        .connect();
+        .connect()
+        .expect("inside a runtime");
     assert_eq!(conn.closed().await, CloseReason::GaveUp);
     assert_eq!(offsets(&script.attempts()), [0, 100, 200].map(ms));
     probe.until(is_close).await;
@@ -472,7 +379,8 @@ async fn cn_11_connect_timeout_bounds_each_attempt() {
     let start = Instant::now();
     let _conn = connect(&script, rec)
         .connect_timeout(Duration::from_secs(3))
-        .connect();
+        .connect()
+        .expect("inside a runtime");
     let Call::Event(Event::ConnectFailed { error, .. }) = probe.until(is_failed).await else {
         unreachable!()
     };
@@ -490,7 +398,7 @@ async fn cn_11_default_connect_timeout_is_ten_seconds() {
     script.push(Outcome::Hang);
     let (rec, mut probe) = recorder();
     let start = Instant::now();
-    let _conn = connect(&script, rec).connect();
+    let _conn = connect(&script, rec).connect().expect("inside a runtime");
     probe.until(is_failed).await;
     assert_eq!(Instant::now() - start, DEFAULT_CONNECT_TIMEOUT);
 }
@@ -500,7 +408,7 @@ async fn cn_12_disconnect_while_up_closes_the_socket_for_good() {
     let script = Script::default();
     let mut server = script.accept();
     let (rec, mut probe) = recorder();
-    let conn = connect(&script, rec).connect();
+    let conn = connect(&script, rec).connect().expect("inside a runtime");
     probe.until(is_connect).await;
     conn.disconnect();
     assert_eq!(conn.closed().await, CloseReason::Requested);
@@ -518,7 +426,8 @@ async fn cn_13_disconnect_during_backoff_never_reconnects() {
     let (rec, mut probe) = recorder();
     let conn = connect(&script, rec)
         .backoff(Constant::new(Duration::from_secs(5)))
-        .connect();
+        .connect()
+        .expect("inside a runtime");
     probe.until(is_failed).await;
     assert!(matches!(
         *conn.state().borrow(),
@@ -536,7 +445,7 @@ async fn cn_14_controlled_disconnect_calls_on_close_not_on_reset() {
     let script = Script::default();
     let _server = script.accept();
     let (rec, mut probe) = recorder();
-    let conn = connect(&script, rec).connect();
+    let conn = connect(&script, rec).connect().expect("inside a runtime");
     probe.until(is_connect).await;
     conn.disconnect();
     conn.disconnect();
@@ -558,7 +467,7 @@ async fn cn_15_user_half_close_is_a_lost_link_and_reconnects() {
     let script = Script::default();
     let mut server = script.accept();
     let (rec, mut probe) = recorder();
-    let _conn = connect(&script, rec).connect();
+    let _conn = connect(&script, rec).connect().expect("inside a runtime");
     probe.until(is_connect).await;
     let _second = script.accept();
     let writer = probe.writer();
@@ -576,7 +485,7 @@ async fn cn_15_writer_disconnect_ends_for_good() {
     let script = Script::default();
     let _server = script.accept();
     let (rec, mut probe) = recorder();
-    let conn = connect(&script, rec).connect();
+    let conn = connect(&script, rec).connect().expect("inside a runtime");
     probe.until(is_connect).await;
     probe.writer().disconnect();
     assert_eq!(conn.closed().await, CloseReason::Requested);
@@ -589,7 +498,7 @@ async fn cn_24_disconnect_while_connecting_aborts_the_attempt() {
     let (late_tx, late_rx) = oneshot::channel();
     script.push(Outcome::Later(late_rx));
     let (rec, mut probe) = recorder();
-    let conn = connect(&script, rec).connect();
+    let conn = connect(&script, rec).connect().expect("inside a runtime");
     probe
         .until(|c| matches!(c, Call::Event(Event::Connecting { .. })))
         .await;
@@ -612,7 +521,8 @@ async fn writer_is_not_connected_while_down_and_closed_at_the_end() {
     let (rec, mut probe) = recorder();
     let conn = connect(&script, rec)
         .backoff(Constant::new(Duration::from_secs(5)))
-        .connect();
+        .connect()
+        .expect("inside a runtime");
     probe.until(is_connect).await;
     let writer = conn.writer();
     assert!(writer.is_connected());
@@ -631,7 +541,7 @@ async fn writer_survives_a_reconnect() {
     let script = Script::default();
     let mut first = script.accept();
     let (rec, mut probe) = recorder();
-    let _conn = connect(&script, rec).connect();
+    let _conn = connect(&script, rec).connect().expect("inside a runtime");
     probe.until(is_connect).await;
     let writer = probe.writer();
     writer.write_all(b"one").await.unwrap();
@@ -654,7 +564,7 @@ async fn peer_closing_mid_write_is_a_typed_error_and_reconnects() {
     let (client, server) = tokio::io::duplex(16);
     script.push(Outcome::Connect(client));
     let (rec, mut probe) = recorder();
-    let _conn = connect(&script, rec).connect();
+    let _conn = connect(&script, rec).connect().expect("inside a runtime");
     probe.until(is_connect).await;
     let _next = script.accept();
     let writer = probe.writer();
@@ -672,7 +582,7 @@ async fn dropping_the_last_handle_disconnects() {
     let script = Script::default();
     let mut server = script.accept();
     let (rec, mut probe) = recorder();
-    let conn = connect(&script, rec).connect();
+    let conn = connect(&script, rec).connect().expect("inside a runtime");
     let other = conn.clone();
     probe.until(is_connect).await;
     drop(conn);
@@ -690,7 +600,7 @@ async fn state_watch_follows_the_lifecycle() {
     let _server = script.accept();
     let (rec, mut probe) = recorder();
     let start = Instant::now();
-    let conn = connect(&script, rec).connect();
+    let conn = connect(&script, rec).connect().expect("inside a runtime");
     let mut state = conn.state();
     let backoff = *state
         .wait_for(|s| matches!(s, State::Backoff { .. }))
@@ -718,7 +628,8 @@ async fn min_uptime_keeps_backing_off_on_a_flapping_peer() {
     let server = script.accept();
     let _conn = connect(&script, rec)
         .min_uptime(Duration::from_secs(1))
-        .connect();
+        .connect()
+        .expect("inside a runtime");
     probe.until(is_connect).await;
     // The peer accepts and drops at once, three times.
     let mut server = server;
@@ -746,7 +657,7 @@ async fn disconnect_trait_ends_the_connection() {
     let script = Script::default();
     let _server = script.accept();
     let (rec, mut probe) = recorder();
-    let conn = connect(&script, rec).connect();
+    let conn = connect(&script, rec).connect().expect("inside a runtime");
     probe.until(is_connect).await;
     let members: Vec<Box<dyn Disconnect>> = vec![Box::new(conn.clone())];
     members.iter().for_each(|m| m.disconnect());
@@ -763,7 +674,9 @@ async fn a_panicking_handler_ends_the_connection_without_hanging_writers() {
     }
     let script = Script::default();
     let mut server = script.accept();
-    let conn = connect_with(&script, Panics).connect();
+    let conn = connect_with(&script, Panics)
+        .connect()
+        .expect("inside a runtime");
     let mut state = conn.state();
     state.wait_for(State::is_up).await.unwrap();
     let writer = conn.writer();

@@ -9,6 +9,32 @@ use connman_core::error::{BoxError, SharedError};
 use tokio_util::codec::{AnyDelimiterCodecError, LinesCodecError};
 
 /// What went wrong on a [`Pipeline`](super::Pipeline).
+///
+/// # The codec rule
+///
+/// An error from a codec's `decode` is either a lost link or bad bytes, and the two are handled apart: a lost link
+/// fails the requests in flight as `MaybeDelivered` and the connection is replaced; bad bytes are the peer's fault and
+/// reported as [`PipelineErrorKind::Codec`]. [`PipelineErrorKind::of_decode_error`] is the rule:
+///
+/// * an [`io::Error`] (bare, or inside tokio-util's `LinesCodecError::Io` / `AnyDelimiterCodecError::Io`) is a
+///   [`LinkLost`](PipelineErrorKind::LinkLost), **unless** its kind is [`io::ErrorKind::InvalidData`]: that kind is
+///   how codecs say "bad bytes" (`LengthDelimitedCodec` for an oversized frame, `LinesCodec` for invalid UTF-8);
+/// * any other error is a [`Codec`](PipelineErrorKind::Codec) error.
+///
+/// A codec of one's own follows it by returning `io::ErrorKind::InvalidData` (or its own error type) for bad input
+/// and passing socket errors through.
+///
+/// ```
+/// use connman_tcp::pipeline::PipelineErrorKind;
+/// use std::io;
+///
+/// let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+/// assert_eq!(PipelineErrorKind::of_decode_error(&reset), PipelineErrorKind::LinkLost);
+/// let oversized = io::Error::new(io::ErrorKind::InvalidData, "frame too big");
+/// assert_eq!(PipelineErrorKind::of_decode_error(&oversized), PipelineErrorKind::Codec);
+/// let utf8 = tokio_util::codec::LinesCodecError::MaxLineLengthExceeded;
+/// assert_eq!(PipelineErrorKind::of_decode_error(&utf8), PipelineErrorKind::Codec);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PipelineErrorKind {
@@ -77,14 +103,21 @@ impl PipelineError {
         Self::new(PipelineErrorKind::NotReady, None)
     }
 
-    /// Sorts an error of the read side: I/O trouble is a lost link, anything else the codec's complaint.
+    /// Sorts an error of the read side by [the codec rule](PipelineErrorKind#the-codec-rule).
     pub(crate) fn from_decode(error: BoxError) -> Self {
-        let kind = if is_link_failure(&*error) {
+        Self::new(PipelineErrorKind::of_decode_error(&*error), Some(error))
+    }
+}
+
+impl PipelineErrorKind {
+    /// The codec rule: whether an error from a codec's `decode` is a [`LinkLost`](PipelineErrorKind::LinkLost) or a
+    /// [`Codec`](PipelineErrorKind::Codec) error. See [the type's docs](PipelineErrorKind#the-codec-rule).
+    pub fn of_decode_error(error: &(dyn Error + 'static)) -> Self {
+        if is_link_failure(error) {
             PipelineErrorKind::LinkLost
         } else {
             PipelineErrorKind::Codec
-        };
-        Self::new(kind, Some(error))
+        }
     }
 }
 

@@ -8,7 +8,6 @@ use std::time::Duration;
 use connman_core::backoff::{Backoff, Exponential, Jitter};
 use connman_core::error::{BoxError, InvalidConfig};
 use connman_core::lifecycle::FailureKind;
-use connman_queue::queue::QueueLayer;
 use connman_tcp::HostPort;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -22,7 +21,7 @@ use super::link::WsLink;
 use super::make::MakeLink;
 use super::message::{Correlate, Message};
 use super::service::{Incoming, WsClient};
-use super::stack::{self, BackoffFactory, StackSettings, UserHook};
+use super::stack::{self, BackoffFactory, QueueSettings, StackSettings, UserHook};
 use crate::config::WsConfig;
 use crate::connector::WsConnector;
 use crate::error::HttpRejected;
@@ -318,13 +317,6 @@ impl<C> WsClientBuilder<C> {
         if self.inbound_capacity == 0 {
             return Err(InvalidConfig::new("inbound capacity must be above zero"));
         }
-        let mut queue = QueueLayer::new()
-            .capacity(self.queue_capacity)?
-            .max_wait(self.max_wait)?
-            .max_replays(self.max_replays);
-        if self.reject_when_full {
-            queue = queue.reject_when_full();
-        }
         let (inbound, incoming) = mpsc::channel(self.inbound_capacity);
         let ping_timeout = self
             .heartbeat
@@ -356,7 +348,12 @@ impl<C> WsClientBuilder<C> {
                 hook: self.hook,
                 hook_timeout: self.hook_timeout,
                 min_uptime: self.min_uptime,
-                queue,
+                queue: QueueSettings {
+                    capacity: self.queue_capacity,
+                    max_wait: self.max_wait,
+                    max_replays: self.max_replays,
+                    reject_when_full: self.reject_when_full,
+                },
             },
         )?;
         let client = WsClient::from_parts(

@@ -13,8 +13,8 @@ use std::time::Duration;
 use connman_core::backoff::Backoff;
 use connman_core::error::BoxError;
 use connman_core::lifecycle::FailureKind;
-use connman_queue::queue::{Queue, QueueHandle, QueueLayer};
-use connman_queue::reconnect::{CloseHandle, OnUp, Reconnect, ReconnectLayer};
+use connman_queue::queue::{Queue, QueueConfig, QueueHandle};
+use connman_queue::reconnect::{CloseHandle, OnUp, Reconnect, ReconnectConfig, ReconnectLayer};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_tungstenite::tungstenite::ClientRequestBuilder;
 use tower_layer::Layer;
@@ -70,7 +70,15 @@ pub(crate) struct StackSettings {
     pub(crate) hook: Option<UserHook>,
     pub(crate) hook_timeout: Duration,
     pub(crate) min_uptime: Duration,
-    pub(crate) queue: QueueLayer<Outgoing>,
+    pub(crate) queue: QueueSettings,
+}
+
+/// The settings of the queue.
+pub(crate) struct QueueSettings {
+    pub(crate) capacity: usize,
+    pub(crate) max_wait: Duration,
+    pub(crate) max_replays: u32,
+    pub(crate) reject_when_full: bool,
 }
 
 /// Builds the stack over `make` and spawns its driver.
@@ -90,15 +98,25 @@ where
         control: control.clone(),
     };
     let classify = settings.classify_connect;
-    let layer = ReconnectLayer::new(settings.target)
+    let config = ReconnectConfig::builder(settings.target)
         .backoff(backoff)
         .classify(move |e| classify(e))
         .min_uptime(settings.min_uptime)
-        .hook_timeout(settings.hook_timeout)?
+        .hook_timeout(settings.hook_timeout)
         .on_up(UpHook {
             user: settings.hook,
             control: control.clone(),
-        });
+        })
+        .build()?;
+    let mut queue = QueueConfig::builder()
+        .capacity(settings.queue.capacity)
+        .max_wait(settings.queue.max_wait)
+        .max_replays(settings.queue.max_replays);
+    if settings.queue.reject_when_full {
+        queue = queue.reject_when_full();
+    }
+    let queue_config = queue.build()?;
+    let layer = ReconnectLayer::new(config);
     let lifecycle = layer.subscribe();
     let state = layer.state();
     let close = layer.close_handle();
@@ -108,7 +126,7 @@ where
         inner: reconnect.clone(),
         control: control.clone(),
     };
-    let queue = settings.queue.layer(driven);
+    let queue = Queue::new(driven, queue_config);
     let handle = queue.handle();
     tokio::spawn(drive(reconnect, control, handle.clone(), close, lifecycle));
     Ok(Built {
@@ -131,6 +149,7 @@ pub(crate) struct Built {
 /// Only the driver polls the `Reconnect` for readiness, so its timers and connects always wake the same task; the
 /// queue calls it while it is up. A call that meets a socket that just ended fails as not sent, and the queue
 /// replays it.
+#[derive(Clone)]
 pub(crate) struct Driven {
     inner: Shared,
     control: Arc<Control>,

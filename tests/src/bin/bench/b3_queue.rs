@@ -5,8 +5,10 @@ use std::future::{Ready, ready};
 use std::hint::black_box;
 use std::time::Duration;
 
-use connman_queue::queue::{Queue, QueueLayer};
+use connman_queue::queue::{Queue, QueueConfig};
+use connman_queue::reconnect::{Reconnect, ReconnectConfig};
 use tower::buffer::Buffer;
+use tower::reconnect::Reconnect as TowerReconnect;
 use tower::util::ServiceFn;
 use tower::{Service, ServiceExt, service_fn};
 
@@ -21,9 +23,11 @@ pub(crate) const SCENARIO: Scenario = Scenario {
     title: "queue layer while connected",
     method: "1, 16 and 256 tokio tasks (multi-thread runtime, 2 workers) each call `ready().await` then \
              `call(n).await` in a loop on their own clone of the service; the figure is wall time over all \
-             requests. The inner service is a no-op `tower::service_fn` that answers at once. Ours is `Queue` over \
-             it with the link up; the peer is `tower::buffer::Buffer` with bound 1024 over the same service; the \
-             reference is the direct call of the inner service.",
+             requests. The connection is a no-op `tower::service_fn` that answers at once. Alone: ours is `Queue` \
+             (default settings) over it, the peer `tower::buffer::Buffer` with bound 1024 over it. Stacked as users \
+             stack it, with the link up: ours is `Queue` over connman's `Reconnect` over a make service handing out \
+             that connection, the peer `Buffer(1024)` over tower's `Reconnect` over the same make service. The \
+             reference is the direct call of the connection.",
     run,
 };
 
@@ -53,26 +57,43 @@ fn run(mode: Mode) -> BenchResult<Vec<Row>> {
             let per_caller = requests / callers as u64;
             let total = per_caller * callers as u64;
             let mut pairs = Pairs::default();
+            let mut stacked = Pairs::default();
             let mut direct = Vec::new();
             for _ in 0..mode.rounds() {
                 let o = tokio::time::timeout(bound, drive(ours(), callers, per_caller)).await??;
                 let b = tokio::time::timeout(bound, drive(buffer(), callers, per_caller)).await??;
+                let os = tokio::time::timeout(bound, drive(ours_stacked(), callers, per_caller))
+                    .await??;
+                let bs = tokio::time::timeout(bound, drive(buffer_stacked(), callers, per_caller))
+                    .await??;
                 let d = tokio::time::timeout(bound, drive(noop(), callers, per_caller)).await??;
                 pairs.push(ns_per_op(o, total), ns_per_op(b, total));
+                stacked.push(ns_per_op(os, total), ns_per_op(bs, total));
                 direct.push(ns_per_op(d, total));
             }
-            let ratio = Stats::of(&pairs.ratios(Better::Lower));
             let direct = Stats::of(&direct).map_or(f64::NAN, |s| s.median);
+            let plural = if callers == 1 { "" } else { "s" };
+            let ratio = Stats::of(&pairs.ratios(Better::Lower));
             rows.push(Row {
-                scenario: format!(
-                    "B3 queue, {callers} caller{}",
-                    if callers == 1 { "" } else { "s" }
-                ),
-                ours: format!("{}/req", fmt_ns(pairs.ours_median())),
+                scenario: format!("B3 queue, {callers} caller{plural}"),
+                ours: format!("Queue: {}/req", fmt_ns(pairs.ours_median())),
                 peer: format!("Buffer(1024): {}/req", fmt_ns(pairs.peer_median())),
                 ratio,
                 reference: format!("direct call: {}/req", fmt_ns(direct)),
                 target: "≥ 10× faster than Buffer".to_owned(),
+                met: Some(ratio.is_some_and(|r| r.median >= 10.0)),
+            });
+            let ratio = Stats::of(&stacked.ratios(Better::Lower));
+            rows.push(Row {
+                scenario: format!("B3 queue over reconnect, {callers} caller{plural}"),
+                ours: format!("Queue(Reconnect): {}/req", fmt_ns(stacked.ours_median())),
+                peer: format!(
+                    "Buffer(1024, tower Reconnect): {}/req",
+                    fmt_ns(stacked.peer_median())
+                ),
+                ratio,
+                reference: format!("direct call: {}/req", fmt_ns(direct)),
+                target: "≥ 10× faster than Buffer(Reconnect)".to_owned(),
                 met: Some(ratio.is_some_and(|r| r.median >= 10.0)),
             });
         }
@@ -82,12 +103,36 @@ fn run(mode: Mode) -> BenchResult<Vec<Row>> {
 
 /// Ours: a `Queue` with the default settings over the no-op service; it must be made inside the runtime.
 fn ours() -> Queue<Noop, u64> {
-    Queue::new(noop(), &QueueLayer::new())
+    Queue::new(noop(), QueueConfig::default())
 }
 
 /// `tower::buffer::Buffer` with bound 1024 over the no-op service; it must be made inside the runtime.
 fn buffer() -> Buffer<u64, Answer> {
     Buffer::new(noop(), 1024)
+}
+
+/// The make service of the stacked contenders: every connect succeeds at once with the no-op connection.
+type MakeNoop = ServiceFn<fn(()) -> Ready<Result<Noop, Infallible>>>;
+
+fn make_noop() -> MakeNoop {
+    service_fn(connect as fn(()) -> Ready<Result<Noop, Infallible>>)
+}
+
+fn connect((): ()) -> Ready<Result<Noop, Infallible>> {
+    ready(Ok(noop()))
+}
+
+/// Ours as users stack it: `Queue` over connman's `Reconnect` over the make service.
+fn ours_stacked() -> Queue<Reconnect<MakeNoop, ()>, u64> {
+    Queue::new(
+        Reconnect::new(make_noop(), ReconnectConfig::new(())),
+        QueueConfig::default(),
+    )
+}
+
+/// The usual tower assembly: `Buffer(1024)` over tower's `Reconnect` over the same make service.
+fn buffer_stacked() -> Buffer<u64, <TowerReconnect<MakeNoop, ()> as Service<u64>>::Future> {
+    Buffer::new(TowerReconnect::new(make_noop(), ()), 1024)
 }
 
 /// Each of `callers` tasks makes `per_caller` requests on its own clone of `svc`.

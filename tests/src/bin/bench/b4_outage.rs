@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use connman_core::backoff::Constant;
 use connman_core::error::{BoxError, LinkLost};
-use connman_queue::queue::{Queue, QueueLayer};
+use connman_queue::queue::Queue;
+use connman_queue::queue::QueueConfig;
+use connman_queue::reconnect::ReconnectConfig;
 use connman_queue::reconnect::ReconnectLayer;
 use tower::Layer;
 use tower::buffer::Buffer;
@@ -107,14 +109,19 @@ fn ours(
     requests: u64,
 ) -> BenchResult<impl Service<u64, Response = u64, Error = BoxError, Future: Send> + Send + 'static>
 {
-    let reconnect = ReconnectLayer::new(())
-        .backoff(Constant::new(Duration::from_millis(10)))
-        .layer(connector);
+    let reconnect = ReconnectLayer::new(
+        ReconnectConfig::builder(())
+            .backoff(Constant::new(Duration::from_millis(10)))
+            .build()
+            .map_err(|e| BenchError::new(format!("reconnect settings: {e}")))?,
+    )
+    .layer(connector);
     let capacity = usize::try_from(requests).map_err(|_| BenchError::new("too many requests"))?;
-    let layer = QueueLayer::new()
+    let config = QueueConfig::builder()
         .capacity(capacity)
+        .build()
         .map_err(|e| BenchError::new(format!("queue settings: {e}")))?;
-    Ok(Queue::new(reconnect, &layer))
+    Ok(Queue::new(reconnect, config))
 }
 
 /// The usual tower assembly: retry a few times over a buffer over tower's `Reconnect`.
@@ -308,8 +315,8 @@ impl Service<()> for Connector {
     }
 }
 
-/// One in-process connection: broken once the network was cut after it was made.
-#[derive(Debug)]
+/// One in-process connection: broken once the network was cut after it was made. Clones are the same connection.
+#[derive(Debug, Clone)]
 pub(crate) struct Link {
     net: Arc<Net>,
     epoch: u64,

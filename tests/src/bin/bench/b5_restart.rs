@@ -167,7 +167,8 @@ fn ours(addr: SocketAddr, probe: Probe) -> Connection {
         },
     )
     .backoff(Constant::new(DELAY))
-    .connect();
+    .connect()
+    .expect("inside a runtime");
     tokio::spawn(async move {
         while let Some(writer) = up_rx.recv().await {
             // A failed write means the link is gone again; the next connect sends another.

@@ -18,6 +18,7 @@ mod b4_outage;
 mod b5_restart;
 mod b6_registry;
 mod b8_group;
+mod b9_cluster;
 mod harness;
 mod report;
 
@@ -117,6 +118,7 @@ fn scenarios() -> Vec<Scenario> {
         b4_outage::SCENARIO,
         b6_registry::SCENARIO,
         b8_group::SCENARIO,
+        b9_cluster::SCENARIO,
         b10_reconnect::SCENARIO,
     ]
 }

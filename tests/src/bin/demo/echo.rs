@@ -40,7 +40,7 @@ pub(crate) async fn run(clock: Clock, total: Duration) -> Result<Vec<Row>, Strin
         let (handler, state) = Pinger::new(key);
         let conn = pools
             .connect(key, || {
-                Connection::connect(HostPort::new(host, port), handler)
+                Connection::connect(HostPort::new(host, port), handler).expect("inside a runtime")
             })
             .map_err(|e| e.to_string())?;
         watch_events(&clock, key, &conn);
@@ -59,7 +59,8 @@ pub(crate) async fn run(clock: Clock, total: Duration) -> Result<Vec<Row>, Strin
     for i in 0..2 {
         let name = format!("pool[{i}]");
         let (handler, state) = Pinger::new(&name);
-        let index = pool.add(Connection::connect(server.addr(), handler));
+        let index =
+            pool.add(Connection::connect(server.addr(), handler).expect("inside a runtime"));
         if let Some(conn) = pool.get(index) {
             watch_events(&clock, &name, &conn);
         }

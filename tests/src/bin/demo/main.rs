@@ -8,11 +8,14 @@
 //!   by the "nothing lost" checker;
 //! * `registry`: one connection shared by two scopes, references going up and down, the grace period;
 //! * `ws group`: WebSocket members in namespaces, broadcasts, and a paced drain at the end;
+//! * `cluster`: a group across three nodes through redis-server (killed -9 for 2 s) when it is on the machine, the
+//!   in-process broker otherwise.
 //! * `ws client`: reconnecting `WsClient`s drained off one server come back to another, spread out.
 //!
 //! Events are printed as they happen and a summary table at the end. The process exits non-zero if anything was lost
 //! or mismatched.
 
+mod cluster;
 mod echo;
 mod group;
 mod registry;
@@ -44,6 +47,7 @@ async fn main() -> ExitCode {
     let stack = tokio::spawn(stack::run(clock.clone(), total));
     let registry = tokio::spawn(registry::run(clock.clone()));
     let group = tokio::spawn(group::run(clock.clone(), total));
+    let cluster = tokio::spawn(cluster::run(clock.clone(), total));
     let ws_client = tokio::spawn(ws_client::run(clock.clone(), total));
     let mut rows: Vec<Row> = Vec::new();
     for (name, handle) in [
@@ -51,6 +55,7 @@ async fn main() -> ExitCode {
         ("queue stack", stack),
         ("registry", registry),
         ("group", group),
+        ("cluster", cluster),
         ("ws client", ws_client),
     ] {
         match handle.await {

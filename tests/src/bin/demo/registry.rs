@@ -90,7 +90,8 @@ pub(crate) async fn run(clock: Clock) -> Result<Vec<Row>, String> {
                 writer: writer.clone(),
                 listeners: listeners.clone(),
             },
-        );
+        )
+        .expect("inside a runtime");
         let mut state = conn.state();
         state
             .wait_for(|s| s.is_up())

@@ -13,7 +13,9 @@ use connman_core::Event;
 use connman_core::backoff::Exponential;
 use connman_core::error::BoxError;
 use connman_queue::heartbeat::{HeartbeatConfig, HeartbeatEvent, HeartbeatLayer};
+use connman_queue::queue::QueueConfig;
 use connman_queue::queue::QueueLayer;
+use connman_queue::reconnect::ReconnectConfig;
 use connman_queue::reconnect::ReconnectLayer;
 use connman_tcp::TcpConnector;
 use connman_tcp::pipeline::PipelineConnector;
@@ -66,9 +68,11 @@ pub(crate) async fn run(clock: Clock, total: Duration) -> Result<Vec<Row>, Strin
         &format!("line echo server behind a fault proxy on {}", proxy.addr()),
     );
 
-    let heartbeat_config =
-        HeartbeatConfig::new(Duration::from_millis(300), Duration::from_millis(150))
-            .map_err(|e| e.to_string())?;
+    let heartbeat_config = HeartbeatConfig::builder()
+        .interval(Duration::from_millis(300))
+        .timeout(Duration::from_millis(150))
+        .build()
+        .map_err(|e| e.to_string())?;
     let heartbeat = HeartbeatLayer::new(heartbeat_config, ping as fn() -> String);
     let beats = heartbeat.subscribe();
     let backoff = Exponential::builder()
@@ -76,19 +80,26 @@ pub(crate) async fn run(clock: Clock, total: Duration) -> Result<Vec<Row>, Strin
         .max(Duration::from_millis(500))
         .build()
         .map_err(|e| e.to_string())?;
-    let reconnect = ReconnectLayer::new(proxy.addr())
-        .backoff(backoff)
-        .on_up(authenticate);
+    let reconnect = ReconnectLayer::new(
+        ReconnectConfig::builder(proxy.addr())
+            .backoff(backoff)
+            .on_up(authenticate)
+            .build()
+            .map_err(|e| e.to_string())?,
+    );
     let events = reconnect.subscribe();
     let make = PipelineConnector::new(
         TcpConnector::new().connect_timeout(Duration::from_secs(1)),
         LinesCodec::new_with_max_length(MAX_LINE),
     )
     .max_in_flight(64);
-    let queue_layer = QueueLayer::new()
-        .capacity(512)
-        .and_then(|l| l.max_wait(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
+    let queue_layer = QueueLayer::new(
+        QueueConfig::builder()
+            .capacity(512)
+            .max_wait(Duration::from_secs(10))
+            .build()
+            .map_err(|e| e.to_string())?,
+    );
     let service = queue_layer.layer(reconnect.layer(heartbeat.layer(make)));
     let handle = service.handle();
     let reconnects = Arc::new(AtomicU64::new(0));
