@@ -19,6 +19,10 @@
 //! records the code and reason in [`Member::start_close`] and sends them in its next `poll_close`. A `poll_close`
 //! without a `start_close` closes with [`CloseCode::NORMAL`].
 //!
+//! Two optional methods let a member whose connection has a receiving side tell its owner about it:
+//! [`Member::poll_ended`] (the peer went away: leave the group by yourself) and [`Member::last_heard`] (the peer is
+//! alive, even when it only answers pings: do not close it as idle). Both default to "unknown".
+//!
 //! ```
 //! use bytes::Bytes;
 //! use connman_core::member::{CloseCode, Member};
@@ -68,6 +72,8 @@
 
 use std::fmt;
 use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_sink::Sink;
@@ -83,6 +89,25 @@ pub trait Member: Sink<Bytes> {
     /// Called at most once per member by a well-behaved owner, after the last message was flushed. It must not block:
     /// the close itself happens in `poll_close`.
     fn start_close(self: Pin<&mut Self>, code: CloseCode, reason: &str) -> Result<(), Self::Error>;
+
+    /// Ready once the member's connection has ended by itself: its peer closed, it failed on its receiving side, or
+    /// its heartbeat gave up. The owner polls it while the member has nothing to send, and drops the member (without
+    /// a close: there is no one left to tell) when it is ready.
+    ///
+    /// The default never ends: a member that cannot tell is dropped when a send to it fails. A WebSocket connection
+    /// ends when its receiving half ends, so that a member whose peer went away leaves its group by itself.
+    fn poll_ended(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let _ = cx;
+        Poll::Pending
+    }
+
+    /// When the peer was last heard from (any inbound frame, pongs included), if the member knows it.
+    ///
+    /// An owner with an idle timeout counts this as activity, so a peer that only answers pings is not idle. The
+    /// default (`None`) leaves the owner to its own bookkeeping.
+    fn last_heard(&self) -> Option<Instant> {
+        None
+    }
 }
 
 /// A close code, as in WebSocket close frames (RFC 6455 section 7.4) and the application codes of Pusher and soketi.

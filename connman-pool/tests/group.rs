@@ -701,3 +701,33 @@ async fn hooks_may_call_the_group() {
     assert_eq!(entries(&seen), ["x empty, 1 left", "y empty, 0 left"]);
     slot.lock().unwrap().take();
 }
+
+#[tokio::test]
+async fn broadcast_many_is_k_broadcasts_with_one_wake_and_one_flush_per_member() {
+    let config = GroupConfig::default()
+        .with_max_queued_messages(3)
+        .with_slow_consumer(SlowConsumer::DropNewest);
+    let group = Group::with_config(config).unwrap();
+    let (a, mut pa) = channel(16);
+    let (b, mut pb) = channel(16);
+    let (c, mut pc) = channel(16);
+    group.add("ns", "a", a).unwrap();
+    group.add("ns", "b", b).unwrap();
+    group.add("ns", "c", c).unwrap();
+    settle().await;
+    let burst: Vec<Bytes> = (0..5).map(|i| Bytes::from(format!("m{i}"))).collect();
+    // Nothing is taken while the burst is queued: each queue holds 3 of the 5, the rest are dropped by the policy.
+    let summary = group.broadcast_many("ns", &burst, &["c"]);
+    assert_eq!(
+        (summary.delivered, summary.dropped, summary.skipped),
+        (6, 4, 0)
+    );
+    settle().await;
+    for peer in [&mut pa, &mut pb] {
+        let got: Vec<Bytes> = drain_peer(peer).into_iter().map(|f| msg(Some(f))).collect();
+        assert_eq!(got, burst[..3]);
+        assert_eq!(peer.flushes(), 1, "one flush for the burst");
+    }
+    assert!(pc.try_recv().is_none(), "an excluded member gets nothing");
+    assert_eq!(group.broadcast_many("none", &burst, &[]).delivered, 0);
+}

@@ -5,7 +5,9 @@ use std::time::Duration;
 use connman_core::error::InvalidConfig;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-/// How the messages a [`Member`](connman_core::member::Member) is given go out on the wire.
+/// How the [`Bytes`](bytes::Bytes) messages a [`Member`](connman_core::member::Member) is given (what a group sends)
+/// go out on the wire. It is a default, not a limit: [`WsStream::frames`](crate::WsStream::frames) sends text and
+/// binary on the same connection, and received messages keep their kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum MessageKind {

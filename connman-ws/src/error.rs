@@ -233,3 +233,59 @@ pub(crate) fn handshake_error(
         other => ProtocolViolation::new(other).into(),
     }
 }
+
+/// The server's admission refused the connection: with an HTTP status before the upgrade, or with a close (4009)
+/// right after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    status: Option<u16>,
+    close: Option<(CloseCode, String)>,
+}
+
+impl Refused {
+    pub(crate) const fn with_status(status: u16) -> Self {
+        Self {
+            status: Some(status),
+            close: None,
+        }
+    }
+
+    pub(crate) const fn with_close(code: CloseCode, reason: String) -> Self {
+        Self {
+            status: None,
+            close: Some((code, reason)),
+        }
+    }
+
+    /// The HTTP status the handshake was answered with, for a refusal before the upgrade.
+    pub const fn status(&self) -> Option<u16> {
+        self.status
+    }
+
+    /// The close code the connection was closed with, for a refusal after the upgrade.
+    pub fn close_code(&self) -> Option<CloseCode> {
+        self.close.as_ref().map(|(code, _)| *code)
+    }
+
+    /// The reason of that close.
+    pub fn reason(&self) -> Option<&str> {
+        self.close.as_ref().map(|(_, reason)| reason.as_str())
+    }
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.status, &self.close) {
+            (Some(status), _) => write!(f, "websocket connection refused with status {status}"),
+            (None, Some((code, reason))) => {
+                write!(
+                    f,
+                    "websocket connection refused with close {code}: {reason}"
+                )
+            }
+            (None, None) => f.write_str("websocket connection refused"),
+        }
+    }
+}
+
+impl Error for Refused {}

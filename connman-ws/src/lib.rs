@@ -9,12 +9,27 @@
 //! * [`accept`]: the server handshake within a timeout, giving a [`WsConnection`] with an id and a namespace.
 //!   [`WsConnection::split`] gives a [`WsMember`] (a [`Member`](connman_core::member::Member) for a
 //!   `connman_pool::group::Group`) and a [`WsReceiver`] (the stream of incoming messages).
+//! * `upgrade::upgrade` (the `hyper` feature): the same connection from a request that hyper or axum serves, with
+//!   the 101 response to return and a future of the upgraded stream.
+//! * [`AcceptConfig::admit`]: an admission callback that sees the handshake's path, query and headers and names the
+//!   namespace and id, or refuses (an HTTP status before the upgrade, 4009 after it); [`AcceptConfig::draining`]
+//!   turns newcomers away with 4200 during a drain.
+//! * TLS (`wss://`): [`accept`] takes any IO, so a `tokio_rustls::server::TlsStream` too; [`WsConnector`] over
+//!   connman-tcp's `TlsConnector` speaks `wss://`.
 //! * [`WsConfig`]: a 4 KiB read buffer instead of tungstenite's 128 KiB, a bounded write buffer, a 1 MiB message
 //!   limit (closing with 1009), a ping/pong heartbeat (closing with 4201), and finite handshake and close timeouts.
 //!
 //! A connection that misbehaves (a message over the limit, invalid UTF-8 in a text message, a protocol violation, a
 //! missing pong) is closed with the matching code, and its receiver yields a typed error from [`error`]; no other
-//! connection notices.
+//! connection notices. After sending such a close, the receiver reads and discards until the peer's close (or the
+//! close timeout), then ends the TCP stream with a FIN, so the peer reads the code instead of a reset (1006).
+//!
+//! A [`WsMember`] in a group leaves it by itself when its connection ends (the peer closed, vanished, misbehaved or
+//! missed its pongs): the group's writer watches [`Member::poll_ended`](connman_core::member::Member::poll_ended).
+//! Every inbound frame, pongs included, counts as activity for the group's idle timeout
+//! ([`Member::last_heard`](connman_core::member::Member::last_heard)). A connection carries text and binary: a
+//! group's [`Bytes`](bytes::Bytes) go out as the connection's [`MessageKind`], and [`WsStream::frames`] sends either
+//! kind ([`Outgoing`]), so an echo of text is text.
 //!
 //! Where it sits:
 //!
@@ -53,13 +68,12 @@
 //!             let Ok(conn) = accept(tcp, &config).await else { return };
 //!             let (ns, id) = (conn.namespace().to_owned(), conn.id().to_owned());
 //!             let (member, mut incoming) = conn.split();
-//!             if group.add(ns.clone(), id.clone(), member).is_err() {
+//!             if group.add(ns, id, member).is_err() {
 //!                 return;
 //!             }
-//!             // Reading answers pings and finishes the close handshake; traffic keeps the member from idling out.
-//!             while let Some(Ok(_)) = incoming.next().await {
-//!                 let _ = group.touch(&ns, &id);
-//!             }
+//!             // Reading answers pings and finishes the close handshake. Every frame, pongs included, keeps the
+//!             // member from idling out; when the connection ends, the member leaves the group by itself.
+//!             while let Some(Ok(_)) = incoming.next().await {}
 //!         });
 //!     }
 //! });
@@ -92,12 +106,15 @@ mod config;
 mod connector;
 pub mod error;
 mod stream;
+#[cfg(feature = "hyper")]
+pub mod upgrade;
+mod watch;
 
-pub use accept::{AcceptConfig, WsConnection, accept};
+pub use accept::{AcceptConfig, Admission, Handshake, WsConnection, accept};
 pub use client::{Incoming, WsClient, WsClientBuilder};
 pub use config::{MessageKind, WsConfig, WsConfigBuilder};
 pub use connector::{WsConnectFuture, WsConnector, WsConnectorLayer};
-pub use stream::{PeerClose, Received, WsMember, WsReceiver, WsStream};
+pub use stream::{Frames, Outgoing, PeerClose, Received, WsMember, WsReceiver, WsStream};
 
 /// tokio-tungstenite's protocol crate, for request types ([`tungstenite::ClientRequestBuilder`], `http::Request`).
 pub use tokio_tungstenite::tungstenite;

@@ -12,7 +12,7 @@ use connman_core::member::{CloseCode, Member};
 use futures_core::Stream;
 use futures_sink::Sink;
 use futures_util::future::poll_fn;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep, sleep_until};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use crate::config::{MessageKind, WsConfig};
 use crate::error::{InvalidUtf8, MessageTooBig, PongTimeout, ProtocolViolation, close_code_for};
+use crate::watch::Watched;
 
 /// What the receive half yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +46,15 @@ impl Received {
             Self::Close(_) | Self::Pong(_) => None,
         }
     }
+
+    /// The same message to send back, as the same frame kind (an echo); `None` for a close or a pong.
+    pub fn into_outgoing(self) -> Option<Outgoing> {
+        match self {
+            Self::Text(text) => Some(Outgoing::Text(text)),
+            Self::Binary(bytes) => Some(Outgoing::Binary(bytes)),
+            Self::Close(_) | Self::Pong(_) => None,
+        }
+    }
 }
 
 /// The code and reason of a close frame the peer sent.
@@ -56,8 +66,50 @@ pub struct PeerClose {
     pub reason: String,
 }
 
+/// A message to send as the frame kind it names, whatever the connection's [`MessageKind`] for [`Bytes`].
+///
+/// [`WsStream`] and [`WsMember`] are sinks of [`Bytes`], which go out as the configured kind (what a group sends);
+/// their [`frames`](WsStream::frames) sink takes `Outgoing`, which goes out as the kind it names, so one connection
+/// carries text and binary and an echo of text is text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outgoing {
+    /// A text frame.
+    Text(Utf8Bytes),
+    /// A binary frame.
+    Binary(Bytes),
+}
+
+impl From<Utf8Bytes> for Outgoing {
+    fn from(text: Utf8Bytes) -> Self {
+        Self::Text(text)
+    }
+}
+
+impl From<String> for Outgoing {
+    fn from(text: String) -> Self {
+        Self::Text(text.into())
+    }
+}
+
+impl From<Bytes> for Outgoing {
+    fn from(bytes: Bytes) -> Self {
+        Self::Binary(bytes)
+    }
+}
+
+impl From<Outgoing> for Message {
+    fn from(msg: Outgoing) -> Self {
+        match msg {
+            Outgoing::Text(text) => Self::Text(text),
+            Outgoing::Binary(bytes) => Self::Binary(bytes),
+        }
+    }
+}
+
 /// An established WebSocket connection: a [`Stream`] of [`Received`] messages and a [`Member`] (a [`Sink`] of
-/// [`Bytes`] with a close code).
+/// [`Bytes`] with a close code), with [`WsStream::frames`] for
+/// messages of either frame kind ([`Outgoing`]).
 ///
 /// Pings from the peer are answered while the stream is polled; with a heartbeat configured, the stream pings the peer
 /// and closes with 4201 ([`PongTimeout`]) when nothing comes back in time. A message over the size limit closes with
@@ -77,7 +129,7 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     pub(crate) fn new(
-        ws: WebSocketStream<IO>,
+        ws: WebSocketStream<Watched<IO>>,
         config: &WsConfig,
         subprotocol: Option<String>,
     ) -> Self {
@@ -85,7 +137,10 @@ where
             ws,
             writer_waker: None,
             reader_waker: None,
+            ended_waker: None,
             close_sent: false,
+            ended: false,
+            last_heard: Instant::now(),
         }));
         Self {
             member: WsMember {
@@ -101,6 +156,11 @@ where
     /// The subprotocol both sides agreed on in the handshake, if any.
     pub fn subprotocol(&self) -> Option<&str> {
         self.subprotocol.as_deref()
+    }
+
+    /// A sink of [`Outgoing`] messages, for text and binary frames on one connection; see [`Frames`].
+    pub fn frames(&mut self) -> Frames<'_, IO> {
+        self.member.frames()
     }
 
     /// Splits the connection into the half that sends and the half that receives.
@@ -168,11 +228,20 @@ where
     fn start_close(self: Pin<&mut Self>, code: CloseCode, reason: &str) -> Result<(), BoxError> {
         Pin::new(&mut self.get_mut().member).start_close(code, reason)
     }
+
+    fn poll_ended(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.get_mut().member).poll_ended(cx)
+    }
+
+    fn last_heard(&self) -> Option<std::time::Instant> {
+        self.member.last_heard()
+    }
 }
 
 /// The sending half of a [`WsStream`]: a [`Member`] for a group.
 ///
-/// Each message becomes one binary or one text frame, as [`WsConfig::message_kind`] says. `poll_close` sends the
+/// Each [`Bytes`] message becomes one binary or one text frame, as [`WsConfig::message_kind`] says; an [`Outgoing`]
+/// becomes the kind it names. `poll_close` sends the
 /// close frame recorded by [`Member::start_close`] (1000 without one) and flushes it. A send after the close, or
 /// after the connection ended, fails with [`Closed`]; a socket error with [`LinkLost`]; a full write buffer with
 /// [`Overloaded`].
@@ -209,7 +278,10 @@ where
     fn poll_write(
         &mut self,
         cx: &mut Context<'_>,
-        op: impl FnOnce(Pin<&mut WebSocketStream<IO>>, &mut Context<'_>) -> Poll<Result<(), WsError>>,
+        op: impl FnOnce(
+            Pin<&mut WebSocketStream<Watched<IO>>>,
+            &mut Context<'_>,
+        ) -> Poll<Result<(), WsError>>,
     ) -> Poll<Result<(), BoxError>> {
         let mut shared = lock(&self.shared);
         let poll = op(Pin::new(&mut shared.ws), cx);
@@ -246,18 +318,12 @@ where
 
     fn start_send(self: Pin<&mut Self>, msg: Bytes) -> Result<(), BoxError> {
         let msg = match self.kind {
-            MessageKind::Binary => Message::Binary(msg),
+            MessageKind::Binary => Outgoing::Binary(msg),
             MessageKind::Text => {
-                Message::Text(Utf8Bytes::try_from(msg).map_err(|_| InvalidUtf8::new())?)
+                Outgoing::Text(Utf8Bytes::try_from(msg).map_err(|_| InvalidUtf8::new())?)
             }
         };
-        let mut shared = lock(&self.shared);
-        if shared.close_sent {
-            return Err(Closed::new().into());
-        }
-        Pin::new(&mut shared.ws)
-            .start_send(msg)
-            .map_err(write_error)
+        self.get_mut().start_send_outgoing(msg)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
@@ -265,7 +331,66 @@ where
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        let this = self.get_mut();
+        self.get_mut().poll_close_frame(cx)
+    }
+}
+
+/// A [`Sink`] of [`Outgoing`] over a connection's sending half: each message goes out as the frame kind it names.
+/// Made by [`WsMember::frames`] and [`WsStream::frames`].
+pub struct Frames<'a, IO> {
+    member: &'a mut WsMember<IO>,
+}
+
+impl<IO> fmt::Debug for Frames<'_, IO> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Frames").finish_non_exhaustive()
+    }
+}
+
+impl<IO> Sink<Outgoing> for Frames<'_, IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    type Error = BoxError;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Pin::new(&mut *self.get_mut().member).poll_ready(cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, msg: Outgoing) -> Result<(), BoxError> {
+        self.get_mut().member.start_send_outgoing(msg)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Pin::new(&mut *self.get_mut().member).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Pin::new(&mut *self.get_mut().member).poll_close(cx)
+    }
+}
+
+impl<IO> WsMember<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    /// A sink of [`Outgoing`] messages over this half, for text and binary frames on one connection.
+    pub fn frames(&mut self) -> Frames<'_, IO> {
+        Frames { member: self }
+    }
+
+    fn start_send_outgoing(&mut self, msg: Outgoing) -> Result<(), BoxError> {
+        let mut shared = lock(&self.shared);
+        if shared.close_sent {
+            return Err(Closed::new().into());
+        }
+        Pin::new(&mut shared.ws)
+            .start_send(msg.into())
+            .map_err(write_error)
+    }
+
+    fn poll_close_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        let this = self;
         let (code, reason) = this
             .close
             .clone()
@@ -297,6 +422,21 @@ where
         self.get_mut().close = Some((code, reason.to_owned()));
         Ok(())
     }
+
+    /// Ready once the receiving half has ended (the peer closed, the connection failed or timed out) or was dropped.
+    fn poll_ended(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut shared = lock(&self.shared);
+        if shared.ended {
+            return Poll::Ready(());
+        }
+        store_waker(&mut shared.ended_waker, cx.waker());
+        Poll::Pending
+    }
+
+    /// The last frame of any kind from the peer, pongs included.
+    fn last_heard(&self) -> Option<std::time::Instant> {
+        Some(lock(&self.shared).last_heard.into_std())
+    }
 }
 
 /// The receiving half of a [`WsStream`]: a [`Stream`] of [`Received`] messages.
@@ -304,6 +444,11 @@ where
 /// Polling it answers pings, runs the heartbeat and finishes the close handshake; see [`WsStream`] for the errors it
 /// yields and the close codes it sends. It ends after the peer's close frame, after an error, or when the peer has not
 /// answered our close within [`WsConfig::close_timeout`].
+///
+/// When it closes the connection because of an error (1009, 1007, 1002, 4201), it goes on reading and discarding
+/// until the peer's close frame arrives, the peer ends the stream, or the close timeout passes, so that the peer reads
+/// our close frame instead of a reset. Every way of ending shuts the socket's sending side down (a FIN), and tells
+/// the [`WsMember`] ([`Member::poll_ended`]), so that a group drops it; dropping the receiver does the same.
 pub struct WsReceiver<IO> {
     shared: Arc<Mutex<Shared<IO>>>,
     heartbeat: Option<(Duration, Duration)>,
@@ -314,8 +459,23 @@ pub struct WsReceiver<IO> {
     /// The peer's close, held back until the reply to it has been flushed.
     peer_close: Option<Option<PeerClose>>,
     ending: Option<BoxError>,
-    done: bool,
+    end: End,
     pongs: bool,
+}
+
+/// How far the receiver is in ending the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Reading messages.
+    Running,
+    /// Our close frame for an error is going out (`ending` holds the error).
+    Flushing,
+    /// Our close frame is out; reading and discarding until the peer's close, its end of stream, or the timer.
+    Discarding,
+    /// Shutting the socket's sending side down, within the timer.
+    ShuttingDown,
+    /// Over: the stream yields `None`.
+    Done,
 }
 
 impl<IO> WsReceiver<IO>
@@ -337,7 +497,7 @@ where
             ping_unflushed: false,
             peer_close: None,
             ending: None,
-            done: false,
+            end: End::Running,
             pongs: false,
         }
     }
@@ -373,7 +533,7 @@ where
             }
             Beat::Awaiting { .. } => self.fail(PongTimeout::new(timeout).into()),
             // The peer did not answer our close in time: the connection is over.
-            Beat::Closing => self.done = true,
+            Beat::Closing => self.finish(None),
             Beat::Off => {}
         }
     }
@@ -393,20 +553,34 @@ where
         }
     }
 
-    /// Ends the connection because of `err`: sends the close frame its code calls for, then yields `err`.
+    /// Ends the connection because of `err`: sends the close frame its code calls for, waits for the peer's close
+    /// while discarding what it sends, then yields `err`.
     fn fail(&mut self, err: BoxError) {
-        if let Some(code) = close_code_for(&err) {
-            let reason = match code {
-                CloseCode::TOO_BIG => "message too big",
-                CloseCode::IDLE_TIMEOUT => "pong timeout",
-                CloseCode(1007) => "invalid utf-8",
-                _ => "protocol error",
-            };
-            // A failure to queue the close frame only means the connection is already gone; the error still
-            // reaches the owner.
-            let _ = lock(&self.shared).send_close(code, reason);
-        }
+        let Some(code) = close_code_for(&err) else {
+            return self.finish(Some(err));
+        };
+        let reason = match code {
+            CloseCode::TOO_BIG => "message too big",
+            CloseCode::IDLE_TIMEOUT => "pong timeout",
+            CloseCode(1007) => "invalid utf-8",
+            _ => "protocol error",
+        };
+        // A failure to queue the close frame only means the connection is already gone; the error still reaches
+        // the owner.
+        let _ = lock(&self.shared).send_close(code, reason);
         self.ending = Some(err);
+        self.end = End::Flushing;
+        self.timer
+            .as_mut()
+            .reset(Instant::now() + self.close_timeout);
+    }
+
+    /// Shuts the sending side down (within the close timeout), then ends, yielding `err` if there is one.
+    fn finish(&mut self, err: Option<BoxError>) {
+        if err.is_some() {
+            self.ending = err;
+        }
+        self.end = End::ShuttingDown;
         self.timer
             .as_mut()
             .reset(Instant::now() + self.close_timeout);
@@ -421,13 +595,55 @@ where
         }
         poll
     }
+
+    /// Reads and drops whatever the peer sends until its close frame has arrived whole or the stream ends.
+    fn poll_discard(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut shared = lock(&self.shared);
+        let mut scratch = [0u8; 2048];
+        loop {
+            if shared.ws.get_ref().peer_close_seen() {
+                return Poll::Ready(());
+            }
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(shared.ws.get_mut()).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(()),
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut shared = lock(&self.shared);
+        Pin::new(shared.ws.get_mut()).poll_shutdown(cx).map(|_| ())
+    }
+
+    /// Tells the sending half that the connection is over.
+    fn mark_ended(&self) {
+        let mut shared = lock(&self.shared);
+        shared.ended = true;
+        if let Some(waker) = shared.ended_waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+impl<IO> Drop for WsReceiver<IO> {
+    fn drop(&mut self) {
+        let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        shared.ended = true;
+        if let Some(waker) = shared.ended_waker.take() {
+            waker.wake();
+        }
+    }
 }
 
 impl<IO> fmt::Debug for WsReceiver<IO> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WsReceiver")
             .field("heartbeat", &self.heartbeat)
-            .field("done", &self.done)
+            .field("end", &self.end)
             .finish_non_exhaustive()
     }
 }
@@ -441,17 +657,38 @@ where
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         loop {
-            if this.done {
-                return Poll::Ready(None);
-            }
-            if this.ending.is_some() {
-                // The close frame goes out, or the close timeout passes; either way the error is yielded then.
-                let flushed = this.poll_flush_own(cx).is_ready();
-                if flushed || this.timer.as_mut().poll(cx).is_ready() {
-                    this.done = true;
+            match this.end {
+                End::Running => {}
+                End::Done => return Poll::Ready(None),
+                End::Flushing => {
+                    // The close frame goes out, or the close timeout passes.
+                    if this.poll_flush_own(cx).is_ready() {
+                        this.end = End::Discarding;
+                        continue;
+                    }
+                    if this.timer.as_mut().poll(cx).is_ready() {
+                        this.finish(None);
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
+                End::Discarding => {
+                    if this.poll_discard(cx).is_ready() || this.timer.as_mut().poll(cx).is_ready() {
+                        this.finish(None);
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
+                End::ShuttingDown => {
+                    if this.poll_shutdown(cx).is_pending()
+                        && this.timer.as_mut().poll(cx).is_pending()
+                    {
+                        return Poll::Pending;
+                    }
+                    this.end = End::Done;
+                    this.mark_ended();
                     return Poll::Ready(this.ending.take().map(Err));
                 }
-                return Poll::Pending;
             }
             if this.peer_close.is_some() {
                 // The reply to the peer's close goes out before the owner sees the close and perhaps drops the
@@ -485,26 +722,17 @@ where
             }
             let mut shared = lock(&this.shared);
             let next = Pin::new(&mut shared.ws).poll_next(cx);
-            if next.is_pending() {
+            match &next {
                 // The sending half wakes this task when it sends a close, so that the close timeout starts.
-                store_waker(&mut shared.reader_waker, cx.waker());
+                Poll::Pending => store_waker(&mut shared.reader_waker, cx.waker()),
+                Poll::Ready(Some(Ok(_))) => shared.last_heard = Instant::now(),
+                Poll::Ready(_) => {}
             }
             drop(shared);
             match next {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => {
-                    this.done = true;
-                    return Poll::Ready(None);
-                }
-                Poll::Ready(Some(Err(err))) => {
-                    let err = read_error(err);
-                    if close_code_for(&err).is_some() {
-                        this.fail(err);
-                        continue;
-                    }
-                    this.done = true;
-                    return Poll::Ready(Some(Err(err)));
-                }
+                Poll::Ready(None) => this.finish(None),
+                Poll::Ready(Some(Err(err))) => this.fail(read_error(err)),
                 Poll::Ready(Some(Ok(msg))) => {
                     this.on_traffic();
                     match msg {
@@ -519,7 +747,8 @@ where
                             });
                             this.peer_close = Some(frame);
                         }
-                        // Pings are answered by tungstenite; pongs and raw frames only prove the peer is alive.
+                        // Pings are answered by tungstenite; pongs (unless asked for) and raw frames only prove the
+                        // peer is alive.
                         Message::Pong(payload) if this.pongs => {
                             return Poll::Ready(Some(Ok(Received::Pong(payload))));
                         }
@@ -546,13 +775,19 @@ enum Beat {
 
 /// The connection both halves use. Each half holds the lock only for one non-blocking poll.
 struct Shared<IO> {
-    ws: WebSocketStream<IO>,
+    ws: WebSocketStream<Watched<IO>>,
     /// The sending half's waker, while it waits on the socket.
     writer_waker: Option<Waker>,
     /// The receiving half's waker, while it waits for a message.
     reader_waker: Option<Waker>,
+    /// The member's waker, while it waits for the connection to end.
+    ended_waker: Option<Waker>,
     /// Whether a close frame was queued by either half.
     close_sent: bool,
+    /// Whether the receiving half has ended or is gone.
+    ended: bool,
+    /// When the last frame of any kind arrived (the handshake, at first).
+    last_heard: Instant,
 }
 
 impl<IO> Shared<IO>

@@ -1,7 +1,8 @@
 //! `cargo xtask peers`: installs the real peers the tests talk to, pinned, and checks that each one runs.
 //!
 //! * `redis-server` from the distribution's packages (`apt-get`, as root), for the Redis protocol and cluster tests;
-//! * Node `ws` 8.23.0 under `tests/peers/node/` with `npm ci` from the committed lock file;
+//! * Node `ws` 8.23.0, and socket.io 4.8.1 with its Redis adapters for B9, under `tests/peers/node/` with `npm ci`
+//!   from the committed lock file (again whenever `npm ls` finds a package missing or at another version);
 //! * Python `websockets` 17.4 in a virtual environment at `tests/peers/.venv`, from `tests/peers/python/requirements.txt`.
 //!
 //! Each step is skipped when what it installs is already there and answers; anything that cannot be installed fails
@@ -60,11 +61,12 @@ fn node() -> Result<(), String> {
     {
         return Err("node and npm are missing: install Node.js 18 or later (Debian: apt-get install nodejs npm)".into());
     }
+    // `npm ls` fails when a package of the lock file is missing or at another version.
     let check = || {
         answers(
-            Command::new("node")
+            Command::new("npm")
                 .current_dir(&dir)
-                .args(["-e", "require('ws')"]),
+                .args(["ls", "--all", "--silent"]),
         )
     };
     if check() {

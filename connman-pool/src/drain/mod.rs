@@ -63,7 +63,7 @@
 //!   sequence, not the group's: await the [`Drain`] (it resolves when the last close is done), then close the
 //!   rest. No grace period has to be guessed.
 //! * **SS-05** (asking other nodes for their sockets, with partial data after a timeout) needs a broker between
-//!   nodes and is left for the multi-node work; a [`Remote`](crate::group::Remote) (`{id, namespace}`) is the
+//!   nodes and is left for the multi-node work; a [`Remote`] (`{id, namespace}`) is the
 //!   serialisable view it will use.
 //!
 //! [`DrainLayer`] puts the same signal in front of any tower service: once draining has begun it rejects new requests
@@ -77,7 +77,6 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -88,8 +87,7 @@ use futures_util::stream::FuturesUnordered;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
-use crate::group::Group;
-use crate::group::slot::{Slot, later};
+use crate::group::{Group, Remote};
 
 pub use future::ResponseFuture;
 pub use layer::DrainLayer;
@@ -151,6 +149,14 @@ impl DrainConfig {
     pub fn with_reason(mut self, reason: impl Into<String>) -> Self {
         self.reason = reason.into();
         self
+    }
+
+    /// The `max_per_second` of a paced drain; `None` for one spread [`over`](DrainConfig::over) a window.
+    pub fn get_max_per_second(&self) -> Option<u32> {
+        match self.pace {
+            Pace::PerSecond(max_per_second) => Some(max_per_second.get()),
+            Pace::Over(_) => None,
+        }
     }
 
     /// The close code.
@@ -217,8 +223,10 @@ pub struct DrainProgress {
 
 /// A drain under way: resolves with the final [`DrainProgress`] once every member has left the group.
 ///
-/// It closes members while it is polled; admission stopped already when [`Group::drain`] returned.
-#[must_use = "a drain closes members only while it is polled"]
+/// The drain runs as a task of its own from the moment [`Group::drain`] returns (admission stopped already then):
+/// awaiting it only waits for the end, and **dropping it lets the drain go on by itself** to the last close. Giving
+/// up on the wait (a shutdown's timeout) never leaves a group that admits no one and closes no one. Outside a tokio
+/// runtime, where no task can be spawned (and no member can have joined), the drain runs while it is polled.
 pub struct Drain {
     run: Pin<Box<dyn Future<Output = DrainProgress> + Send>>,
     progress: watch::Receiver<DrainProgress>,
@@ -248,21 +256,36 @@ impl std::fmt::Debug for Drain {
 }
 
 impl Group {
-    /// Stops admitting members at once, and returns the drain that closes them as `config` says.
+    /// Stops admitting members at once, and returns the drain that closes them as `config` says, in a task of its
+    /// own (see [`Drain`]).
     ///
     /// Fails with [`Draining`](connman_core::error::Draining) if a drain already began: two drains would together
-    /// exceed the rate.
+    /// exceed `max_per_second`.
     pub fn drain(&self, config: DrainConfig) -> Result<Drain, DrainingError> {
-        let slots = self.inner.begin_drain().ok_or(DrainingError::new())?;
-        let close_timeout = self.inner.config.close_timeout();
+        let members = self.stop_admitting().ok_or(DrainingError::new())?;
         let (tx, rx) = watch::channel(DrainProgress {
-            total: slots.len(),
+            total: members.len(),
             ..DrainProgress::default()
         });
-        Ok(Drain {
-            run: Box::pin(run(slots, config, close_timeout, tx)),
-            progress: rx,
-        })
+        let run = run(self.clone(), members, config, tx);
+        let run: Pin<Box<dyn Future<Output = DrainProgress> + Send>> =
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    let task = runtime.spawn(run);
+                    let last = rx.clone();
+                    // A task that cannot finish (its runtime shut down) ends the wait with the progress it made.
+                    Box::pin(async move { task.await.unwrap_or_else(|_| *last.borrow()) })
+                }
+                Err(_) => Box::pin(run),
+            };
+        Ok(Drain { run, progress: rx })
+    }
+
+    /// A signal that fires when this group starts draining, for [`DrainLayer`].
+    pub fn drain_signal(&self) -> DrainSignal {
+        DrainSignal {
+            rx: self.watch_draining(),
+        }
     }
 }
 
@@ -313,13 +336,13 @@ pub fn signal() -> (DrainTrigger, DrainSignal) {
 }
 
 async fn run(
-    slots: Vec<Arc<Slot>>,
+    group: Group,
+    members: Vec<Remote>,
     config: DrainConfig,
-    close_timeout: Duration,
     progress: watch::Sender<DrainProgress>,
 ) -> DrainProgress {
     let start = Instant::now();
-    let total = slots.len();
+    let total = members.len();
     let mut state = DrainProgress {
         total,
         ..DrainProgress::default()
@@ -327,16 +350,19 @@ async fn run(
     let mut left = FuturesUnordered::new();
     let mut next = 0;
     let mut started = 0u64;
-    // With a rate, the instants the last `rate` closes began: the next one waits until the oldest of them is a full
-    // second old. The schedule alone would let a drain that was not polled for a while (or a late timer) start every
-    // overdue close at once; this window keeps the cap true for the closes as they really began.
-    let window = config.per_second().map(|rate| rate.min(total.max(1)));
+    // With `max_per_second`, the instants the last `max_per_second` closes began: the next one waits until the
+    // oldest of them is a full second old. The schedule alone would let a drain that was not polled for a while (or
+    // a late timer) start every overdue close at once; this window keeps the cap true for the closes as they really
+    // began.
+    let window = config
+        .per_second()
+        .map(|max_per_second| max_per_second.min(total.max(1)));
     let mut recent: VecDeque<Instant> = VecDeque::with_capacity(window.unwrap_or(0));
     let due = |next: usize, started: u64, recent: &VecDeque<Instant>| {
         let scheduled = config.due(start, next, started, total);
         match window {
-            Some(rate) if recent.len() >= rate => {
-                scheduled.max(later(recent[recent.len() - rate], Duration::from_secs(1)))
+            Some(cap) if recent.len() >= cap => {
+                scheduled.max(later(recent[recent.len() - cap], Duration::from_secs(1)))
             }
             _ => scheduled,
         }
@@ -344,19 +370,26 @@ async fn run(
     loop {
         let now = Instant::now();
         while next < total && due(next, started, &recent) <= now {
-            let slot = &slots[next];
+            let member = &members[next];
             next += 1;
-            if slot.begin_close(config.code, &config.reason, now, close_timeout) {
+            let Ok(closing) =
+                group.close(&member.namespace, &member.id, config.code, &config.reason)
+            else {
+                // It left the group by itself meanwhile.
+                state.closed += 1;
+                continue;
+            };
+            if closing.began() {
                 started += 1;
                 state.started += 1;
-                if let Some(rate) = window {
-                    if recent.len() == rate {
+                if let Some(cap) = window {
+                    if recent.len() == cap {
                         recent.pop_front();
                     }
                     recent.push_back(now);
                 }
             }
-            left.push(slot.done.clone().cancelled_owned());
+            left.push(closing);
         }
         progress.send_replace(state);
         if next == total && left.is_empty() {
@@ -368,4 +401,12 @@ async fn run(
             () = sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
         }
     }
+}
+
+/// `at + by`, or a point about 30 years later if that is past what an instant can hold.
+fn later(at: Instant, by: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
+    at.checked_add(by)
+        .or_else(|| at.checked_add(FAR))
+        .unwrap_or(at)
 }

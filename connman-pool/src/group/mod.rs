@@ -50,19 +50,26 @@
 //! * Close is flush-then-close: what was queued before the close goes out, then the close frame, all within the close
 //!   timeout. This replaces the original's fixed 100 ms delay before the native close, which was a guess at how long
 //!   the last frame takes to flush. Closing twice closes once.
-//! * The idle timer starts when the member joins (not at its first send) and is refreshed by messages queued for it
-//!   and by [`Group::touch`], which the owner calls on inbound traffic.
+//! * The idle timer starts when the member joins (not at its first send) and is refreshed by messages queued for it,
+//!   by [`Group::touch`], and by what the member itself reports of its peer ([`Member::last_heard`]: a WebSocket
+//!   peer that only answers pings is not idle).
+//! * A member whose connection ends by itself ([`Member::poll_ended`]) leaves at once with [`Departure::Ended`]; a
+//!   dead member is never counted as delivered for long, and the owner never has to call [`Group::remove`].
 //! * Lookups never create a namespace; the namespace goes away with its last member, and `on_empty` fires only then.
-//! * Broadcast holds the group's lock while it fills the queues, so a member that joins or leaves meanwhile either gets
-//!   the whole message or none of it. That lock and each member's queue lock are plain mutexes held for a few
+//! * Broadcast and close-all take the namespace's member list (a shared snapshot, rebuilt after a join or a leave)
+//!   under the group's lock, and fill the queues after letting it go: one namespace's broadcast never holds up
+//!   another's, nor a join. A member that joins meanwhile does not get that message (it joined after it); one that
+//!   leaves meanwhile is skipped. The lock and each member's queue lock are plain mutexes held for a few
 //!   instructions, so there is no hand-written lock-free structure to model-check.
+//! * Every way out of the group (a writer's end, [`Group::remove`]) goes through one departure, which runs the
+//!   `on_remove` and `on_empty` hooks exactly once.
 
 mod channel;
 mod config;
 mod error;
 #[cfg(feature = "serde")]
 mod json;
-pub(crate) mod slot;
+mod slot;
 mod writer;
 
 use std::collections::{BTreeMap, HashMap};
@@ -78,10 +85,9 @@ use connman_core::error::{
 };
 use connman_core::member::{CloseCode, Member};
 use pin_project::pin_project;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::WaitForCancellationFutureOwned;
-
-use crate::drain::{DrainSignal, DrainTrigger};
 
 pub use channel::{ChannelMember, ChannelPeer, Frame, channel};
 pub use config::{GroupConfig, SlowConsumer};
@@ -94,7 +100,7 @@ use slot::{Push, Slot};
 /// See the [module docs](self) for an example and the decisions it makes.
 #[derive(Clone)]
 pub struct Group {
-    pub(crate) inner: Arc<Inner>,
+    inner: Arc<Inner>,
 }
 
 /// Where a member lives: its namespace and id. This is what other nodes need to address it (soketi's `toRemote`).
@@ -129,6 +135,8 @@ pub enum Departure {
     Closed(CloseCode),
     /// Its sink failed; it was dropped.
     Failed,
+    /// Its connection ended by itself ([`Member::poll_ended`]: the peer closed or went away); it was dropped.
+    Ended,
     /// Its close did not finish within the close timeout; it was dropped.
     CloseTimedOut,
 }
@@ -163,6 +171,14 @@ pub struct BroadcastSummary {
 pub struct Closing {
     #[pin]
     done: WaitForCancellationFutureOwned,
+    began: bool,
+}
+
+impl Closing {
+    /// Whether the call that gave this future began the close (`false`: the member was closing already).
+    pub fn began(&self) -> bool {
+        self.began
+    }
 }
 
 impl Future for Closing {
@@ -240,14 +256,12 @@ impl GroupBuilder {
     /// Builds the group; fails if the settings cannot work.
     pub fn build(self) -> Result<Group, InvalidConfig> {
         self.config.validate()?;
-        let (trigger, signal) = crate::drain::signal();
         Ok(Group {
             inner: Arc::new(Inner {
                 registry: Mutex::new(Registry::default()),
                 config: self.config,
                 hooks: self.hooks,
-                trigger,
-                signal,
+                draining: watch::Sender::new(false),
             }),
         })
     }
@@ -325,27 +339,14 @@ impl Group {
     /// Takes a member out at once, without a close: its writer stops and the member is dropped with whatever was
     /// still queued. For a member whose peer is already gone; use [`Group::close`] to close one.
     pub fn remove(&self, namespace: &str, id: &str) -> Result<(), NotFound> {
-        let mut reg = self.inner.lock();
-        let Some(ns) = reg.namespaces.get_mut(namespace) else {
-            return Err(not_found(namespace, id));
-        };
-        let Some(seq) = ns.by_id.remove(id) else {
-            return Err(not_found(namespace, id));
-        };
-        let slot = ns.by_seq.remove(&seq);
-        let empty = ns.by_id.is_empty();
-        if empty {
-            reg.namespaces.remove(namespace);
+        let slot = self.slot(namespace, id)?;
+        slot.detach();
+        // The same departure as a writer's own end; whoever comes first takes the member out, once.
+        if self.inner.depart(&slot, Departure::Removed) {
+            Ok(())
+        } else {
+            Err(not_found(namespace, id))
         }
-        drop(reg);
-        if let Some(slot) = slot {
-            slot.detach();
-            self.inner.hooks.removed(&slot.remote, Departure::Removed);
-        }
-        if empty {
-            self.inner.hooks.emptied(namespace);
-        }
-        Ok(())
     }
 
     /// Queues `msg` for one member.
@@ -368,12 +369,11 @@ impl Group {
     ) -> BroadcastSummary {
         let msg = msg.into();
         let mut summary = BroadcastSummary::default();
-        let reg = self.inner.lock();
-        let Some(ns) = reg.namespaces.get(namespace) else {
+        let Some(members) = self.members(namespace) else {
             return summary;
         };
         let now = Instant::now();
-        for slot in ns.by_seq.values() {
+        for slot in members.iter() {
             if except.contains(&slot.remote.id.as_str()) {
                 continue;
             }
@@ -382,6 +382,51 @@ impl Group {
                 Push::Dropped => summary.dropped += 1,
                 Push::NotOpen => summary.skipped += 1,
             }
+        }
+        summary
+    }
+
+    /// Queues every message of `msgs`, in order, for every open member of `namespace` except the ids in `except`:
+    /// a burst. Each member's queue is taken once and its writer woken at most once for the whole burst, so a burst
+    /// of `k` messages costs `members` queue locks instead of `k × members`. The summary adds up what `k` calls of
+    /// [`Group::broadcast`] would say.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use connman_pool::group::{Frame, Group, channel};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let group = Group::new();
+    /// let (member, mut peer) = channel(16);
+    /// group.add("ticks", "a", member).unwrap();
+    /// let burst = [Bytes::from("1"), Bytes::from("2"), Bytes::from("3")];
+    /// assert_eq!(group.broadcast_many("ticks", &burst, &[]).delivered, 3);
+    /// for msg in burst {
+    ///     assert_eq!(peer.recv().await, Some(Frame::Message(msg)));
+    /// }
+    /// # }
+    /// ```
+    pub fn broadcast_many(
+        &self,
+        namespace: &str,
+        msgs: &[Bytes],
+        except: &[&str],
+    ) -> BroadcastSummary {
+        let mut summary = BroadcastSummary::default();
+        let Some(members) = self.members(namespace) else {
+            return summary;
+        };
+        let now = Instant::now();
+        for slot in members.iter() {
+            if except.contains(&slot.remote.id.as_str()) {
+                continue;
+            }
+            slot.push_many(msgs, now, &self.inner.config, |push| match push {
+                Push::Queued => summary.delivered += 1,
+                Push::Dropped => summary.dropped += 1,
+                Push::NotOpen => summary.skipped += 1,
+            });
         }
         summary
     }
@@ -401,9 +446,9 @@ impl Group {
         let slot = self.slot(namespace, id)?;
         let now = Instant::now();
         let pushed = slot.push(msg.into(), now, &self.inner.config);
-        slot.begin_close(code, reason, now, self.inner.config.close_timeout());
+        let began = slot.begin_close(code, reason, now, self.inner.config.close_timeout());
         push_result(pushed)?;
-        Ok(closing(&slot))
+        Ok(closing(&slot, began))
     }
 
     /// Closes one member with `code` and `reason`, after what is queued for it. Closing a closing member does nothing
@@ -416,29 +461,28 @@ impl Group {
         reason: &str,
     ) -> Result<Closing, NotFound> {
         let slot = self.slot(namespace, id)?;
-        slot.begin_close(
+        let began = slot.begin_close(
             code,
             reason,
             Instant::now(),
             self.inner.config.close_timeout(),
         );
-        Ok(closing(&slot))
+        Ok(closing(&slot, began))
     }
 
     /// Closes every member of `namespace` at once and returns one [`Closing`] per member. Members leave the group as
     /// their closes finish. A missing namespace gives nothing.
     pub fn close_all(&self, namespace: &str, code: CloseCode, reason: &str) -> Vec<Closing> {
-        let reg = self.inner.lock();
-        let Some(ns) = reg.namespaces.get(namespace) else {
+        let Some(members) = self.members(namespace) else {
             return Vec::new();
         };
         let now = Instant::now();
         let timeout = self.inner.config.close_timeout();
-        ns.by_seq
-            .values()
+        members
+            .iter()
             .map(|slot| {
-                slot.begin_close(code, reason, now, timeout);
-                closing(slot)
+                let began = slot.begin_close(code, reason, now, timeout);
+                closing(slot, began)
             })
             .collect()
     }
@@ -504,12 +548,44 @@ impl Group {
 
     /// Whether a drain has begun (no member is admitted any more).
     pub fn is_draining(&self) -> bool {
-        self.inner.signal.is_draining()
+        *self.inner.draining.borrow()
     }
 
-    /// A signal that fires when this group starts draining, for [`DrainLayer`](crate::drain::DrainLayer).
-    pub fn drain_signal(&self) -> DrainSignal {
-        self.inner.signal.clone()
+    /// Watches whether admission has stopped: `true` from the moment a drain begins.
+    pub fn watch_draining(&self) -> watch::Receiver<bool> {
+        self.inner.draining.subscribe()
+    }
+
+    /// Stops admitting members for good (a later [`Group::add`] fails with [`Draining`]) and returns every member at
+    /// that moment, oldest first across namespaces; `None` if admission had stopped already.
+    ///
+    /// This is the first step of [`Group::drain`](crate::drain), for a drain of your own.
+    pub fn stop_admitting(&self) -> Option<Vec<Remote>> {
+        let mut reg = self.inner.lock();
+        if reg.draining {
+            return None;
+        }
+        reg.draining = true;
+        self.inner.draining.send_replace(true);
+        let mut slots: Vec<&Arc<Slot>> = reg
+            .namespaces
+            .values()
+            .flat_map(|ns| ns.by_seq.values())
+            .collect();
+        slots.sort_by_key(|s| s.seq);
+        Some(slots.into_iter().map(|s| s.remote.clone()).collect())
+    }
+
+    /// The members of `namespace` in join order, shared until its membership changes; the lock is held only to
+    /// take (or, after a change, rebuild) this list, never while messages are queued.
+    fn members(&self, namespace: &str) -> Option<Arc<[Arc<Slot>]>> {
+        let mut reg = self.inner.lock();
+        let ns = reg.namespaces.get_mut(namespace)?;
+        Some(
+            ns.snapshot
+                .get_or_insert_with(|| ns.by_seq.values().cloned().collect())
+                .clone(),
+        )
     }
 
     fn slot(&self, namespace: &str, id: &str) -> Result<Arc<Slot>, NotFound> {
@@ -559,6 +635,7 @@ impl Group {
         let slot = Arc::new(Slot::new(remote.clone(), seq, now));
         ns.by_id.insert(remote.id, seq);
         ns.by_seq.insert(seq, slot.clone());
+        ns.snapshot = None;
         runtime.spawn(writer::run(member, slot, Arc::downgrade(&self.inner)));
         drop(guard);
         let replaced = old.is_some();
@@ -595,8 +672,8 @@ pub(crate) struct Inner {
     registry: Mutex<Registry>,
     pub(crate) config: GroupConfig,
     hooks: Hooks,
-    trigger: DrainTrigger,
-    signal: DrainSignal,
+    /// `true` once admission stopped; what [`Group::watch_draining`] watches.
+    draining: watch::Sender<bool>,
 }
 
 impl Inner {
@@ -605,35 +682,19 @@ impl Inner {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Stops admitting members and returns every member, oldest first; `None` if a drain already began.
-    pub(crate) fn begin_drain(&self) -> Option<Vec<Arc<Slot>>> {
-        let mut reg = self.lock();
-        if reg.draining {
-            return None;
-        }
-        reg.draining = true;
-        self.trigger.start();
-        let mut slots: Vec<Arc<Slot>> = reg
-            .namespaces
-            .values()
-            .flat_map(|ns| ns.by_seq.values().cloned())
-            .collect();
-        drop(reg);
-        slots.sort_by_key(|s| s.seq);
-        Some(slots)
-    }
-
-    /// Takes a member whose writer ended out of the group, unless it was already taken out or replaced.
-    fn depart(&self, slot: &Slot, departure: Departure) {
+    /// The one way out of the group: takes the member out, unless it was already taken out or replaced, and runs the
+    /// hooks. Returns whether this call took it out.
+    fn depart(&self, slot: &Slot, departure: Departure) -> bool {
         let mut reg = self.lock();
         let Some(ns) = reg.namespaces.get_mut(&slot.remote.namespace) else {
-            return;
+            return false;
         };
         if ns.by_id.get(&slot.remote.id) != Some(&slot.seq) {
-            return;
+            return false;
         }
         ns.by_id.remove(&slot.remote.id);
         ns.by_seq.remove(&slot.seq);
+        ns.snapshot = None;
         let empty = ns.by_id.is_empty();
         if empty {
             reg.namespaces.remove(&slot.remote.namespace);
@@ -643,6 +704,7 @@ impl Inner {
         if empty {
             self.hooks.emptied(&slot.remote.namespace);
         }
+        true
     }
 }
 
@@ -673,6 +735,8 @@ struct Namespace {
     by_id: HashMap<String, u64>,
     /// Join order.
     by_seq: BTreeMap<u64, Arc<Slot>>,
+    /// `by_seq`'s members as one shared list for broadcasts, until the next change.
+    snapshot: Option<Arc<[Arc<Slot>]>>,
 }
 
 type AddCheck = Box<dyn Fn(&Remote) -> Result<(), BoxError> + Send + Sync>;
@@ -704,9 +768,10 @@ fn not_found(namespace: &str, id: &str) -> NotFound {
     NotFound::new(format!("{namespace}/{id}"))
 }
 
-pub(crate) fn closing(slot: &Slot) -> Closing {
+fn closing(slot: &Slot, began: bool) -> Closing {
     Closing {
         done: slot.done.clone().cancelled_owned(),
+        began,
     }
 }
 

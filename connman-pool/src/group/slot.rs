@@ -94,8 +94,46 @@ impl Slot {
     /// Offers `msg` to the queue, applying the slow-consumer policy when it is full.
     pub(crate) fn push(&self, msg: Bytes, now: Instant, config: &GroupConfig) -> Push {
         let mut st = self.lock();
+        let (push, wake) = self.push_locked(&mut st, msg, now, config);
+        drop(st);
+        if wake {
+            self.wake.notify_one();
+        }
+        push
+    }
+
+    /// Offers every message of `msgs` in order under one lock, with at most one wake of the writer; `each` hears
+    /// what happened to each.
+    pub(crate) fn push_many(
+        &self,
+        msgs: &[Bytes],
+        now: Instant,
+        config: &GroupConfig,
+        mut each: impl FnMut(Push),
+    ) {
+        let mut st = self.lock();
+        let mut wake = false;
+        for msg in msgs {
+            let (push, woke) = self.push_locked(&mut st, msg.clone(), now, config);
+            wake |= woke;
+            each(push);
+        }
+        drop(st);
+        if wake {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The push itself; says whether the writer must be woken.
+    fn push_locked(
+        &self,
+        st: &mut SlotState,
+        msg: Bytes,
+        now: Instant,
+        config: &GroupConfig,
+    ) -> (Push, bool) {
         if !matches!(st.phase, Phase::Open) {
-            return Push::NotOpen;
+            return (Push::NotOpen, false);
         }
         st.last_activity = now;
         let fits = |st: &SlotState, len: usize| {
@@ -103,19 +141,19 @@ impl Slot {
                 && st.queued_bytes.saturating_add(len) <= config.max_queued_bytes()
         };
         let len = msg.len();
-        if !fits(&st, len) {
+        if !fits(st, len) {
             match config.slow_consumer() {
                 SlowConsumer::DropNewest => {
                     self.dropped.fetch_add(1, Ordering::Relaxed);
-                    return Push::Dropped;
+                    return (Push::Dropped, false);
                 }
                 SlowConsumer::DropOldest => {
                     if len > config.max_queued_bytes() {
                         // It could never fit, however much is dropped.
                         self.dropped.fetch_add(1, Ordering::Relaxed);
-                        return Push::Dropped;
+                        return (Push::Dropped, false);
                     }
-                    while !fits(&st, len) {
+                    while !fits(st, len) {
                         match st.queue.pop_front() {
                             Some(old) => {
                                 st.queued_bytes -= old.len();
@@ -135,20 +173,14 @@ impl Slot {
                         reason: "slow consumer".to_owned(),
                         deadline: later(now, config.close_timeout()),
                     };
-                    drop(st);
-                    self.wake.notify_one();
-                    return Push::Dropped;
+                    return (Push::Dropped, true);
                 }
             }
         }
         let was_empty = st.queue.is_empty();
         st.queued_bytes += len;
         st.queue.push_back(msg);
-        drop(st);
-        if was_empty {
-            self.wake.notify_one();
-        }
-        Push::Queued
+        (Push::Queued, was_empty)
     }
 
     /// Starts a close unless one is under way or the member is gone; returns whether this call started it.

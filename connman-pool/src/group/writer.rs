@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::pin::pin;
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 
 use bytes::Bytes;
 use connman_core::error::BoxError;
@@ -35,6 +36,12 @@ where
     let mut member = pin!(member);
     let mut batch: VecDeque<Bytes> = VecDeque::new();
     let mut dirty = false;
+    // One idle timer for the member's life. It is moved earlier when needed, never later: activity only pushes the
+    // deadline back, so a timer that fires early is re-armed from the latest activity. Without this, every wake of
+    // the writer (every burst of a broadcast) would register and cancel a timer.
+    let mut idle_timer = pin!(sleep_until(
+        idle_timeout.map_or_else(Instant::now, |t| later(Instant::now(), t))
+    ));
     exit.departure = loop {
         match slot.take(&mut batch) {
             Step::Feed => {
@@ -83,10 +90,26 @@ where
                 last_activity,
             } => {
                 let idle_at = idle_timeout.map(|t| later(last_activity, t));
+                if let Some(at) = idle_at
+                    && idle_timer.deadline() > at
+                {
+                    idle_timer.as_mut().reset(at);
+                }
                 tokio::select! {
                     () = slot.wake.notified() => {}
-                    () = sleep_until(idle_at.unwrap_or_else(Instant::now)), if idle_at.is_some() => {
+                    // The peer went away: the member leaves at once, and dropping it releases its socket.
+                    () = poll_fn(|cx| member.as_mut().poll_ended(cx)) => break Departure::Ended,
+                    () = &mut idle_timer, if idle_at.is_some() => {
+                        // Inbound frames the owner never saw (pongs) count as activity too.
+                        if let Some(heard) = member.as_ref().get_ref().last_heard() {
+                            slot.touch(Instant::from_std(heard));
+                        }
                         idle_expired(&slot, &exit.group, idle_timeout);
+                        if let Some(timeout) = idle_timeout {
+                            let now = Instant::now();
+                            let left = timeout.saturating_sub(slot.idle_since(now));
+                            idle_timer.as_mut().reset(later(now, left));
+                        }
                     }
                 }
             }
@@ -168,6 +191,11 @@ fn idle_expired(slot: &Slot, group: &Weak<Inner>, idle_timeout: Option<std::time
 /// Runs `fut` until it completes, the member is detached, or its close deadline passes (`None` for the last two).
 async fn guarded<F: Future>(slot: &Slot, fut: F) -> Option<F::Output> {
     let mut fut = pin!(fut);
+    // Most operations finish at once (a close with nothing queued, a feed into a ready sink): they need no timer and
+    // no look at the phase.
+    if let Poll::Ready(out) = poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+        return Some(out);
+    }
     loop {
         let deadline = match slot.phase() {
             Phase::Open => None,

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
@@ -73,6 +73,9 @@ where
 #[repr(align(128))]
 pub(crate) struct Calls {
     open: AtomicUsize,
+    /// Set once the connection is lost and a new one waits for these calls: only then does closing the last call
+    /// wake anyone (a wake is two more read-modify-writes, too many for every request).
+    settling: AtomicBool,
     settled: AtomicWaker,
 }
 
@@ -85,12 +88,15 @@ impl Calls {
 
     /// Ready once no call is open.
     pub(crate) fn poll_settled(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.open.load(Ordering::Acquire) == 0 {
+        // The flag and the count are read and written in one total order (SeqCst) with the closing call's, so
+        // either the closing call sees the flag and wakes, or this sees the count at zero.
+        self.settling.store(true, Ordering::SeqCst);
+        if self.open.load(Ordering::SeqCst) == 0 {
             return Poll::Ready(());
         }
         self.settled.register(cx.waker());
         // A call may have closed between the load and the registration.
-        if self.open.load(Ordering::Acquire) == 0 {
+        if self.open.load(Ordering::SeqCst) == 0 {
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -99,7 +105,7 @@ impl Calls {
 
     /// Whether any call is open.
     pub(crate) fn any_open(&self) -> bool {
-        self.open.load(Ordering::Acquire) > 0
+        self.open.load(Ordering::SeqCst) > 0
     }
 }
 
@@ -109,7 +115,8 @@ pub(crate) struct OpenCall(Arc<Calls>);
 
 impl Drop for OpenCall {
     fn drop(&mut self) {
-        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.0.open.fetch_sub(1, Ordering::SeqCst) == 1 && self.0.settling.load(Ordering::SeqCst)
+        {
             self.0.settled.wake();
         }
     }

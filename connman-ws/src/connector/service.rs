@@ -13,6 +13,7 @@ use crate::connector::WsConnectFuture;
 use crate::error::{HandshakeTimeout, InvalidRequest, handshake_error};
 
 use crate::stream::WsStream;
+use crate::watch::Watched;
 
 /// Connects through the transport `C`, then performs the WebSocket handshake within the configured
 /// [handshake timeout](WsConfig::handshake_timeout).
@@ -117,7 +118,11 @@ where
         WsConnectFuture::new(async move {
             let io = connect.await.map_err(Into::into)?;
             let timeout = config.handshake_timeout();
-            let handshake = client_async_with_config(request, io, Some(config.tungstenite()));
+            let handshake = client_async_with_config(
+                request,
+                Watched::after_http(io),
+                Some(config.tungstenite()),
+            );
             match tokio::time::timeout(timeout, handshake).await {
                 Err(_) => Err(HandshakeTimeout::new(timeout).into()),
                 Ok(Err(err)) => Err(handshake_error(err)),

@@ -13,10 +13,13 @@
 //! `cargo xtask bench` passes, pointing at the repository root, unless `--no-write` is given).
 
 mod b10_reconnect;
+mod b1_ws_broadcast;
+mod b2_ws_echo;
 mod b3_queue;
 mod b4_outage;
 mod b5_restart;
 mod b6_registry;
+mod b7_ws_idle;
 mod b8_group;
 mod b9_cluster;
 mod harness;
@@ -28,6 +31,16 @@ use std::process::ExitCode;
 use harness::{Mode, Row, Scenario};
 
 fn main() -> ExitCode {
+    // B7 runs this binary again as its server process.
+    if let Ok(spec) = std::env::var(b7_ws_idle::SERVER_ENV) {
+        return match b7_ws_idle::serve(&spec) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench: B7 server: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let options = match Options::parse(std::env::args().skip(1)) {
         Ok(options) => options,
         Err(message) => {
@@ -113,10 +126,13 @@ impl Options {
 /// Every scenario, in the order of the table.
 fn scenarios() -> Vec<Scenario> {
     vec![
+        b1_ws_broadcast::SCENARIO,
+        b2_ws_echo::SCENARIO,
         b5_restart::SCENARIO,
         b3_queue::SCENARIO,
         b4_outage::SCENARIO,
         b6_registry::SCENARIO,
+        b7_ws_idle::SCENARIO,
         b8_group::SCENARIO,
         b9_cluster::SCENARIO,
         b10_reconnect::SCENARIO,

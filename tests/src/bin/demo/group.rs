@@ -185,13 +185,12 @@ async fn serve(listener: TcpListener, group: Group) {
                 .unwrap_or_default()
                 .to_owned();
             let (member, mut incoming) = conn.split();
-            if group.add(ns.clone(), id.clone(), member).is_err() {
+            if group.add(ns, id, member).is_err() {
                 return;
             }
-            // Reading answers pings and finishes the close handshake; traffic keeps the member from idling out.
-            while let Some(Ok(_)) = incoming.next().await {
-                let _ = group.touch(&ns, &id);
-            }
+            // Reading answers pings and finishes the close handshake. Every frame keeps the member from idling
+            // out, and when the connection ends the member leaves the group by itself.
+            while let Some(Ok(_)) = incoming.next().await {}
         });
     }
 }
