@@ -101,6 +101,7 @@
 //! ```
 
 mod accept;
+pub mod client;
 mod config;
 mod connector;
 pub mod error;
@@ -110,6 +111,7 @@ pub mod upgrade;
 mod watch;
 
 pub use accept::{AcceptConfig, Admission, Handshake, WsConnection, accept};
+pub use client::{Incoming, WsClient, WsClientBuilder};
 pub use config::{MessageKind, WsConfig, WsConfigBuilder};
 pub use connector::{WsConnectFuture, WsConnector, WsConnectorLayer};
 pub use stream::{Frames, Outgoing, PeerClose, Received, WsMember, WsReceiver, WsStream};

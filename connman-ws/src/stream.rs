@@ -33,6 +33,8 @@ pub enum Received {
     Binary(Bytes),
     /// The peer's close frame, if it carried one. A reply to it has been queued; the stream ends after it.
     Close(Option<PeerClose>),
+    /// A pong and its payload; yielded only after [`WsReceiver::yield_pongs`].
+    Pong(Bytes),
 }
 
 impl Received {
@@ -41,16 +43,16 @@ impl Received {
         match self {
             Self::Text(text) => Some(text.into()),
             Self::Binary(bytes) => Some(bytes),
-            Self::Close(_) => None,
+            Self::Close(_) | Self::Pong(_) => None,
         }
     }
 
-    /// The same message to send back, as the same frame kind (an echo); `None` for a close.
+    /// The same message to send back, as the same frame kind (an echo); `None` for a close or a pong.
     pub fn into_outgoing(self) -> Option<Outgoing> {
         match self {
             Self::Text(text) => Some(Outgoing::Text(text)),
             Self::Binary(bytes) => Some(Outgoing::Binary(bytes)),
-            Self::Close(_) => None,
+            Self::Close(_) | Self::Pong(_) => None,
         }
     }
 }
@@ -259,6 +261,20 @@ where
         poll_fn(|cx| Pin::new(&mut *self).poll_close(cx)).await
     }
 
+    /// Queues a frame of any kind (text or binary, whatever [`WsConfig::message_kind`] says, or a ping), after a
+    /// successful [`Sink::poll_ready`]; it goes out with the next flush, as with [`Sink::start_send`].
+    ///
+    /// A close frame sent this way is not recorded as our close: use [`WsMember::close`] for that.
+    pub fn start_send_message(&mut self, msg: Message) -> Result<(), BoxError> {
+        let mut shared = lock(&self.shared);
+        if shared.close_sent {
+            return Err(Closed::new().into());
+        }
+        Pin::new(&mut shared.ws)
+            .start_send(msg)
+            .map_err(write_error)
+    }
+
     fn poll_write(
         &mut self,
         cx: &mut Context<'_>,
@@ -444,6 +460,7 @@ pub struct WsReceiver<IO> {
     peer_close: Option<Option<PeerClose>>,
     ending: Option<BoxError>,
     end: End,
+    pongs: bool,
 }
 
 /// How far the receiver is in ending the connection.
@@ -481,7 +498,13 @@ where
             peer_close: None,
             ending: None,
             end: End::Running,
+            pongs: false,
         }
+    }
+
+    /// Yields pongs as [`Received::Pong`] from now on, so that their owner can time its own pings.
+    pub fn yield_pongs(&mut self) {
+        self.pongs = true;
     }
 
     /// Runs when the timer fires: a ping is due, or the pong is late.
@@ -724,7 +747,11 @@ where
                             });
                             this.peer_close = Some(frame);
                         }
-                        // Pings are answered by tungstenite; pongs and raw frames only prove the peer is alive.
+                        // Pings are answered by tungstenite; pongs (unless asked for) and raw frames only prove the
+                        // peer is alive.
+                        Message::Pong(payload) if this.pongs => {
+                            return Poll::Ready(Some(Ok(Received::Pong(payload))));
+                        }
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                     }
                 }

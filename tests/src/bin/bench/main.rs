@@ -12,6 +12,7 @@
 //! those rows. The table is always printed; the file is written only to the path given with `--out` (which
 //! `cargo xtask bench` passes, pointing at the repository root, unless `--no-write` is given).
 
+mod b10_reconnect;
 mod b1_ws_broadcast;
 mod b2_ws_echo;
 mod b3_queue;
@@ -136,6 +137,7 @@ fn scenarios() -> Vec<Scenario> {
         b7_ws_idle::SCENARIO,
         b8_group::SCENARIO,
         b9_cluster::SCENARIO,
+        b10_reconnect::SCENARIO,
     ]
 }
 

@@ -10,6 +10,7 @@
 //! * `ws group`: WebSocket members in namespaces, broadcasts, and a paced drain at the end;
 //! * `cluster`: a group across three nodes through redis-server (killed -9 for 2 s) when it is on the machine, the
 //!   in-process broker otherwise.
+//! * `ws client`: reconnecting `WsClient`s drained off one server come back to another, spread out.
 //!
 //! Events are printed as they happen and a summary table at the end. The process exits non-zero if anything was lost
 //! or mismatched.
@@ -20,6 +21,7 @@ mod group;
 mod registry;
 mod report;
 mod stack;
+mod ws_client;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -46,6 +48,7 @@ async fn main() -> ExitCode {
     let registry = tokio::spawn(registry::run(clock.clone()));
     let group = tokio::spawn(group::run(clock.clone(), total));
     let cluster = tokio::spawn(cluster::run(clock.clone(), total));
+    let ws_client = tokio::spawn(ws_client::run(clock.clone(), total));
     let mut rows: Vec<Row> = Vec::new();
     for (name, handle) in [
         ("echo", echo),
@@ -53,6 +56,7 @@ async fn main() -> ExitCode {
         ("registry", registry),
         ("group", group),
         ("cluster", cluster),
+        ("ws client", ws_client),
     ] {
         match handle.await {
             Ok(Ok(mut section)) => rows.append(&mut section),
