@@ -16,7 +16,12 @@ use std::process::{Command, Stdio};
 use crate::root;
 
 /// The targets, in the order they run.
-pub(crate) const TARGETS: &[&str] = &["pipeline_frames", "ws_accept", "backoff_config"];
+pub(crate) const TARGETS: &[&str] = &[
+    "pipeline_frames",
+    "ws_accept",
+    "cluster_bytes",
+    "backoff_config",
+];
 
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let mut seconds = 10u64;

@@ -64,3 +64,30 @@ pub use wire::Malformed;
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// Entry points for the fuzz targets of the repository's `fuzz/` folder, built only with `--cfg fuzzing`: the bytes a
+/// redis-server or another node may send, through the parsers the cluster uses.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// A redis-server's bytes through the RESP codec (bounded by `max_frame`) and the envelope parser.
+    pub fn redis_bytes(data: &[u8], max_frame: usize) {
+        super::redis::fuzz_redis_bytes(data, max_frame);
+    }
+
+    /// Another node's request or reply: one that decodes encodes back to itself.
+    ///
+    /// # Panics
+    ///
+    /// When a decoded message does not survive an encode and a decode unchanged.
+    pub fn wire_bytes(data: &[u8]) {
+        if let Ok(wire) = super::wire::Wire::decode(bytes::Bytes::copy_from_slice(data)) {
+            let again = super::wire::Wire::decode(wire.encode());
+            assert_eq!(
+                again.as_ref().ok(),
+                Some(&wire),
+                "a message changed through encode and decode"
+            );
+        }
+    }
+}

@@ -687,3 +687,40 @@ impl Broker for RedisBroker {
         self.subscriber.disconnect();
     }
 }
+
+/// Reads `data` as a redis-server's bytes, through the parsers the links use: RESP2 frames through the bounded codec,
+/// each bulk string of a frame as a published envelope, each frame as a number and as text. For the fuzz targets.
+///
+/// # Panics
+///
+/// When the codec holds more than its bound of undecoded bytes: the buffer of a link must stay bounded.
+#[cfg(fuzzing)]
+pub(crate) fn fuzz_redis_bytes(data: &[u8], max_frame: usize) {
+    use tokio_util::codec::Decoder;
+
+    let mut codec = codec::RespCodec::new(max_frame);
+    let mut buf = bytes::BytesMut::from(data);
+    loop {
+        match codec.decode(&mut buf) {
+            Ok(Some(frame)) => {
+                if let BytesFrame::Array(parts) = &frame {
+                    for part in parts {
+                        if let BytesFrame::BulkString(b) = part {
+                            let _ = subscriber::parse_envelope("ns".to_owned(), b);
+                        }
+                    }
+                }
+                let _ = (as_u64(&frame), as_text(&frame));
+            }
+            Ok(None) => {
+                assert!(
+                    buf.len() <= max_frame.max(64),
+                    "{} undecoded bytes held",
+                    buf.len()
+                );
+                return;
+            }
+            Err(_) => return,
+        }
+    }
+}

@@ -199,7 +199,7 @@ impl SubHandler {
 }
 
 /// `epoch:offset:node:payload`, as the publish script writes it.
-fn parse_envelope(namespace: String, message: &Bytes) -> Option<Envelope> {
+pub(super) fn parse_envelope(namespace: String, message: &Bytes) -> Option<Envelope> {
     let mut fields = message.splitn(4, |b| *b == b':');
     let epoch = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
     let offset = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
