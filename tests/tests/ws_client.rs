@@ -1,69 +1,28 @@
 //! `WsClient` against connman-ws's own server side over loopback: a `Group` drained with 4200 sends its clients to a
 //! second server, where they all arrive, none before its random delay, with every send accounted for.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use connman_core::error::BoxError;
 use connman_core::member::CloseCode;
 use connman_pool::drain::DrainConfig;
-use connman_pool::group::Group;
 use connman_tcp::HostPort;
+use connman_tests::ws::CountingServer;
 use connman_ws::client::{ClientEvent, CloseAction, Message, WsClient};
-use connman_ws::{AcceptConfig, Received, WsConfig, accept};
-use futures_util::StreamExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::time::{Instant, sleep, timeout};
+use connman_ws::{AcceptConfig, WsConfig};
+use tokio::net::TcpStream;
+use tokio::time::{sleep, timeout};
 use tower::service_fn;
 
 const CLIENTS: usize = 30;
 const WAIT: Duration = Duration::from_secs(30);
 
-struct Server {
-    group: Group,
-    port: u16,
-    accepts: Arc<Mutex<Vec<Instant>>>,
-    received: Arc<AtomicU64>,
-}
-
-async fn server() -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let group = Group::new();
-    let accepts = Arc::new(Mutex::new(Vec::new()));
-    let received = Arc::new(AtomicU64::new(0));
-    let (g, a, r) = (group.clone(), accepts.clone(), received.clone());
-    tokio::spawn(async move {
-        let config = AcceptConfig::new(WsConfig::default()).namespace("clients");
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (group, accepts, received, config) =
-                (g.clone(), a.clone(), r.clone(), config.clone());
-            tokio::spawn(async move {
-                let Ok(conn) = accept(tcp, &config).await else {
-                    return;
-                };
-                accepts.lock().unwrap().push(Instant::now());
-                let (ns, id) = (conn.namespace().to_owned(), conn.id().to_owned());
-                let (member, mut incoming) = conn.split();
-                if group.add(ns.clone(), id.clone(), member).is_err() {
-                    return;
-                }
-                while let Some(Ok(msg)) = incoming.next().await {
-                    if matches!(msg, Received::Text(_) | Received::Binary(_)) {
-                        received.fetch_add(1, Ordering::SeqCst);
-                    }
-                }
-                let _ = group.remove(&ns, &id);
-            });
-        }
-    });
-    Server {
-        group,
-        port,
-        accepts,
-        received,
-    }
+async fn server() -> CountingServer {
+    CountingServer::start(AcceptConfig::new(WsConfig::default()).namespace("clients"))
+        .await
+        .expect("bind")
 }
 
 async fn until(mut done: impl FnMut() -> bool) {
@@ -80,7 +39,7 @@ async fn until(mut done: impl FnMut() -> bool) {
 async fn ws_10_clients_drained_with_4200_come_back_to_another_server_after_their_delay() {
     let first = server().await;
     let second = server().await;
-    let target = Arc::new(AtomicU16::new(first.port));
+    let target = Arc::new(AtomicU16::new(first.port()));
     let ok = Arc::new(AtomicU64::new(0));
     let mut clients = Vec::new();
     for i in 0..CLIENTS {
@@ -108,16 +67,16 @@ async fn ws_10_clients_drained_with_4200_come_back_to_another_server_after_their
         };
         clients.push((client, events, sender, _incoming));
     }
-    until(|| first.group.namespace_len("clients") == CLIENTS).await;
+    until(|| first.group().namespace_len("clients") == CLIENTS).await;
 
-    target.store(second.port, Ordering::SeqCst);
+    target.store(second.port(), Ordering::SeqCst);
     let drained = tokio::spawn(
         first
-            .group
+            .group()
             .drain(DrainConfig::max_per_second(100).expect("rate"))
             .expect("drain"),
     );
-    until(|| second.accepts.lock().unwrap().len() == CLIENTS).await;
+    until(|| second.accepted() == CLIENTS).await;
     assert_eq!(drained.await.expect("drain").closed, CLIENTS);
 
     for (client, mut events, sender, _incoming) in clients {
@@ -139,8 +98,7 @@ async fn ws_10_clients_drained_with_4200_come_back_to_another_server_after_their
         client.close().await;
     }
     // Every send that was written reached one of the servers.
-    let received =
-        || first.received.load(Ordering::SeqCst) + second.received.load(Ordering::SeqCst);
+    let received = || first.received() + second.received();
     until(|| received() >= ok.load(Ordering::SeqCst)).await;
     assert_eq!(ok.load(Ordering::SeqCst), (CLIENTS * 20) as u64);
     assert_eq!(received(), (CLIENTS * 20) as u64);

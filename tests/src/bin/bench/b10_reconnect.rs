@@ -1,17 +1,17 @@
 //! B10: clients drained off one server at a paced rate come back to a second one, spread out.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use connman_core::error::BoxError;
 use connman_pool::drain::DrainConfig;
-use connman_pool::group::Group;
 use connman_tcp::HostPort;
+use connman_tests::ws::CountingServer;
 use connman_ws::client::{Message, WsClient};
-use connman_ws::{AcceptConfig, Received, WsConfig, accept};
+use connman_ws::{AcceptConfig, WsConfig};
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite;
 use tower::service_fn;
@@ -162,67 +162,9 @@ struct Switched {
     failed: u64,
 }
 
-/// One server: a group, the instants of its completed handshakes, the messages it received.
-struct Server {
-    group: Group,
-    port: u16,
-    accepts: Arc<Mutex<Vec<Instant>>>,
-    received: Arc<AtomicU64>,
-    tasks: JoinSet<()>,
-}
-
-impl Server {
-    async fn start() -> BenchResult<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let port = listener.local_addr()?.port();
-        let group = Group::new();
-        let accepts = Arc::new(Mutex::new(Vec::new()));
-        let received = Arc::new(AtomicU64::new(0));
-        let mut tasks = JoinSet::new();
-        let (g, a, r) = (group.clone(), accepts.clone(), received.clone());
-        tasks.spawn(async move {
-            let config = AcceptConfig::new(WsConfig::default()).namespace("bench");
-            let mut conns = JoinSet::new();
-            while let Ok((tcp, _)) = listener.accept().await {
-                let (group, accepts, received, config) =
-                    (g.clone(), a.clone(), r.clone(), config.clone());
-                conns.spawn(async move {
-                    let Ok(conn) = accept(tcp, &config).await else {
-                        return;
-                    };
-                    lock(&accepts).push(Instant::now());
-                    let (ns, id) = (conn.namespace().to_owned(), conn.id().to_owned());
-                    let (member, mut incoming) = conn.split();
-                    if group.add(ns.clone(), id.clone(), member).is_err() {
-                        return;
-                    }
-                    while let Some(Ok(msg)) = incoming.next().await {
-                        if matches!(msg, Received::Text(_) | Received::Binary(_)) {
-                            received.fetch_add(1, Ordering::Relaxed);
-                            let _ = group.touch(&ns, &id);
-                        }
-                    }
-                    let _ = group.remove(&ns, &id);
-                });
-                while conns.try_join_next().is_some() {}
-            }
-        });
-        Ok(Self {
-            group,
-            port,
-            accepts,
-            received,
-            tasks,
-        })
-    }
-
-    fn accepted(&self) -> usize {
-        lock(&self.accepts).len()
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+/// One server: connman-ws's `accept` into a group, counting handshakes and messages.
+async fn server() -> BenchResult<CountingServer> {
+    Ok(CountingServer::start(AcceptConfig::new(WsConfig::default()).namespace("bench")).await?)
 }
 
 /// Counts of one kind of client.
@@ -237,9 +179,9 @@ struct Counts {
 /// Connects `clients` clients of `kind` to a first server, switches them to a second by draining the first, and
 /// measures the second's accepts.
 async fn switch(kind: Kind, clients: usize) -> BenchResult<Switched> {
-    let first = Server::start().await?;
-    let mut second = Server::start().await?;
-    let target = Arc::new(AtomicU16::new(first.port));
+    let first = server().await?;
+    let second = server().await?;
+    let target = Arc::new(AtomicU16::new(first.port()));
     let stop = Arc::new(AtomicBool::new(false));
     let counts = Arc::new(Counts::default());
     let mut running = JoinSet::new();
@@ -260,17 +202,17 @@ async fn switch(kind: Kind, clients: usize) -> BenchResult<Switched> {
     wait_until(
         "every client in the first group",
         Duration::from_secs(60),
-        || first.group.namespace_len("bench") == clients,
+        || first.group().namespace_len("bench") == clients,
     )
     .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    target.store(second.port, Ordering::SeqCst);
+    target.store(second.port(), Ordering::SeqCst);
     let config =
         DrainConfig::max_per_second(RATE).map_err(|e| BenchError::new(format!("drain: {e}")))?;
     let started = Instant::now();
     let draining = first
-        .group
+        .group()
         .drain(config)
         .map_err(|e| BenchError::new(format!("drain: {e}")))?;
     let drain = tokio::spawn(async move {
@@ -287,7 +229,7 @@ async fn switch(kind: Kind, clients: usize) -> BenchResult<Switched> {
         return Err(BenchError::new(format!(
             "{kind:?}: {e}: {} of {clients} back, {} left in the first",
             second.accepted(),
-            first.group.namespace_len("bench")
+            first.group().namespace_len("bench")
         )));
     }
     let (report, drain_took) = drain
@@ -299,9 +241,10 @@ async fn switch(kind: Kind, clients: usize) -> BenchResult<Switched> {
             report.closed
         )));
     }
-    let mut at: Vec<Duration> = lock(&second.accepts)
+    let mut at: Vec<Duration> = second
+        .accepts()
         .iter()
-        .map(|t| t.saturating_duration_since(started))
+        .map(|t| t.into_std().saturating_duration_since(started))
         .collect();
     at.sort();
     let back = at.last().copied().unwrap_or_default();
@@ -316,15 +259,14 @@ async fn switch(kind: Kind, clients: usize) -> BenchResult<Switched> {
     }
     // What was written reaches the server's counter within moments.
     let made = counts.made.load(Ordering::SeqCst);
-    let received =
-        || first.received.load(Ordering::SeqCst) + second.received.load(Ordering::SeqCst);
+    let received = || first.received() + second.received();
     let _ = wait_until("the last messages", Duration::from_secs(5), || {
         received() >= made
     })
     .await;
     let lost = made.saturating_sub(received());
     let failed = counts.failed.load(Ordering::SeqCst);
-    second.tasks.abort_all();
+    drop(second);
     drop(first);
     Ok(Switched {
         peak,

@@ -12,9 +12,10 @@ use connman_core::member::CloseCode;
 use connman_pool::drain::DrainConfig;
 use connman_pool::group::Group;
 use connman_tcp::TcpConnector;
-use connman_ws::{AcceptConfig, PeerClose, Received, WsConfig, WsConnector, accept};
+use connman_tests::ws::{CountingServer, Counts};
+use connman_ws::tungstenite::http::StatusCode;
+use connman_ws::{AcceptConfig, Admission, PeerClose, Received, WsConfig, WsConnector};
 use futures_util::StreamExt;
-use tokio::net::TcpListener;
 use tokio::time::{Instant, sleep, timeout};
 use tower::ServiceExt;
 
@@ -33,11 +34,18 @@ pub(crate) async fn run(clock: Clock, total: Duration) -> Result<Vec<Row>, Strin
         })
         .build()
         .map_err(|e| e.to_string())?;
-    let listener = TcpListener::bind("127.0.0.1:0")
+    // Each connection joins the namespace and id of its path, `/<namespace>/<id>`.
+    let config = AcceptConfig::new(WsConfig::default()).admit(|handshake| {
+        let path = handshake.path().strip_prefix('/').unwrap_or_default();
+        match path.split_once('/') {
+            Some((ns, id)) => Admission::join_as(ns, id),
+            None => Admission::refuse(StatusCode::NOT_FOUND),
+        }
+    });
+    let server = CountingServer::with_group(group.clone(), config, Counts::new())
         .await
         .map_err(|e| e.to_string())?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    tokio::spawn(serve(listener, group.clone()));
+    let addr = server.addr();
 
     // Clients join: each sends "<namespace> <id>" first.
     let mut clients = Vec::new();
@@ -164,35 +172,6 @@ pub(crate) async fn run(clock: Clock, total: Duration) -> Result<Vec<Row>, Strin
         took.as_secs_f64()
     );
     Ok(vec![row])
-}
-
-async fn serve(listener: TcpListener, group: Group) {
-    let config = AcceptConfig::new(WsConfig::default()).route(|request| {
-        let path = request.uri().path().strip_prefix('/')?;
-        path.split_once('/').map(|(ns, _)| ns.to_owned())
-    });
-    while let Ok((tcp, _)) = listener.accept().await {
-        let (group, config) = (group.clone(), config.clone());
-        tokio::spawn(async move {
-            let Ok(conn) = accept(tcp, &config).await else {
-                return;
-            };
-            let ns = conn.namespace().to_owned();
-            let id = conn
-                .path()
-                .rsplit('/')
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            let (member, mut incoming) = conn.split();
-            if group.add(ns, id, member).is_err() {
-                return;
-            }
-            // Reading answers pings and finishes the close handshake. Every frame keeps the member from idling
-            // out, and when the connection ends the member leaves the group by itself.
-            while let Some(Ok(_)) = incoming.next().await {}
-        });
-    }
 }
 
 /// What one client saw.

@@ -6,18 +6,17 @@
 //! 2 s before it reconnects, so the second server sees them arrive spread out, and sends made meanwhile wait in each
 //! client's queue. The servers count what they receive; the summary compares it with what the clients were told.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use connman_core::error::{BoxError, MaybeDelivered, NotSent};
 use connman_pool::drain::DrainConfig;
-use connman_pool::group::Group;
 use connman_tcp::HostPort;
+use connman_tests::ws::CountingServer;
 use connman_ws::client::{ClientEvent, CloseAction, Message, WsClient};
-use connman_ws::{AcceptConfig, Received, WsConfig, accept};
-use futures_util::StreamExt;
-use tokio::net::{TcpListener, TcpStream};
+use connman_ws::{AcceptConfig, WsConfig};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep, timeout};
 use tower::service_fn;
 
@@ -27,58 +26,10 @@ const CLIENTS: usize = 40;
 const DRAIN_PER_SECOND: u32 = 20;
 const EVERY: Duration = Duration::from_millis(200);
 
-/// One server: its group, when its handshakes completed, how many messages it received.
-struct Server {
-    group: Group,
-    port: u16,
-    accepts: Arc<Mutex<Vec<Instant>>>,
-    received: Arc<AtomicU64>,
-}
-
-async fn server() -> Result<Server, String> {
-    let listener = TcpListener::bind("127.0.0.1:0")
+async fn server() -> Result<CountingServer, String> {
+    CountingServer::start(AcceptConfig::new(WsConfig::default()).namespace("clients"))
         .await
-        .map_err(|e| e.to_string())?;
-    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
-    let group = Group::new();
-    let accepts = Arc::new(Mutex::new(Vec::new()));
-    let received = Arc::new(AtomicU64::new(0));
-    let (g, a, r) = (group.clone(), accepts.clone(), received.clone());
-    tokio::spawn(async move {
-        let config = AcceptConfig::new(WsConfig::default()).namespace("clients");
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (group, accepts, received, config) =
-                (g.clone(), a.clone(), r.clone(), config.clone());
-            tokio::spawn(async move {
-                let Ok(conn) = accept(tcp, &config).await else {
-                    return;
-                };
-                lock(&accepts).push(Instant::now());
-                let (ns, id) = (conn.namespace().to_owned(), conn.id().to_owned());
-                let (member, mut incoming) = conn.split();
-                if group.add(ns.clone(), id.clone(), member).is_err() {
-                    return;
-                }
-                while let Some(Ok(msg)) = incoming.next().await {
-                    if matches!(msg, Received::Text(_) | Received::Binary(_)) {
-                        received.fetch_add(1, Ordering::Relaxed);
-                        let _ = group.touch(&ns, &id);
-                    }
-                }
-                let _ = group.remove(&ns, &id);
-            });
-        }
-    });
-    Ok(Server {
-        group,
-        port,
-        accepts,
-        received,
-    })
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+        .map_err(|e| e.to_string())
 }
 
 /// What the clients were told.
@@ -95,7 +46,7 @@ struct Outcomes {
 pub(crate) async fn run(clock: Clock, total: Duration) -> Result<Vec<Row>, String> {
     let first = server().await?;
     let second = server().await?;
-    let target = Arc::new(AtomicU16::new(first.port));
+    let target = Arc::new(AtomicU16::new(first.port()));
     let outcomes = Arc::new(Outcomes::default());
     let until = Instant::now() + total.saturating_sub(Duration::from_secs(2));
 
@@ -110,7 +61,7 @@ pub(crate) async fn run(clock: Clock, total: Duration) -> Result<Vec<Row>, Strin
         )));
     }
     timeout(Duration::from_secs(10), async {
-        while first.group.namespace_len("clients") < CLIENTS {
+        while first.group().namespace_len("clients") < CLIENTS {
             sleep(Duration::from_millis(5)).await;
         }
     })
@@ -122,7 +73,7 @@ pub(crate) async fn run(clock: Clock, total: Duration) -> Result<Vec<Row>, Strin
     );
 
     sleep(total / 3).await;
-    target.store(second.port, Ordering::SeqCst);
+    target.store(second.port(), Ordering::SeqCst);
     let config = DrainConfig::max_per_second(DRAIN_PER_SECOND).map_err(|e| e.to_string())?;
     clock.say(
         "ws client",
@@ -132,16 +83,17 @@ pub(crate) async fn run(clock: Clock, total: Duration) -> Result<Vec<Row>, Strin
         ),
     );
     let started = Instant::now();
-    let drain = tokio::spawn(first.group.drain(config).map_err(|e| e.to_string())?);
+    let drain = tokio::spawn(first.group().drain(config).map_err(|e| e.to_string())?);
     timeout(Duration::from_secs(20), async {
-        while lock(&second.accepts).len() < CLIENTS {
+        while second.accepted() < CLIENTS {
             sleep(Duration::from_millis(5)).await;
         }
     })
     .await
     .map_err(|_| "the clients did not all come back to server B")?;
     let drained = drain.await.map_err(|e| e.to_string())?;
-    let mut back: Vec<Duration> = lock(&second.accepts)
+    let mut back: Vec<Duration> = second
+        .accepts()
         .iter()
         .map(|t| t.saturating_duration_since(started))
         .collect();
@@ -166,7 +118,7 @@ pub(crate) async fn run(clock: Clock, total: Duration) -> Result<Vec<Row>, Strin
     for c in clients {
         c.await.map_err(|e| e.to_string())?;
     }
-    let received = first.received.load(Ordering::SeqCst) + second.received.load(Ordering::SeqCst);
+    let received = first.received() + second.received();
     let get = |a: &AtomicU64| a.load(Ordering::SeqCst);
     let mut row = Row::new("ws client");
     row.sent = get(&outcomes.sent);
