@@ -1,5 +1,8 @@
-//! The full TCP stack over a simulated network (turmoil), seed after seed: "nothing lost" under partitions, held
-//! links, latency, message loss and server crashes.
+//! The full TCP stack and the reconnecting WebSocket client over a simulated network (turmoil), seed after seed:
+//! "nothing lost" under partitions, held links, latency, message loss and server crashes.
+//!
+//! The WebSocket half (`sim_ws_*`, at the end of the file) runs `WsClient`s against connman-ws's server side over
+//! the same faults and checks: see its section.
 //!
 //! The stack is the one of `chaos.rs`: `Queue → Reconnect → Heartbeat → PipelineConnector` over a line codec, here
 //! with a connector that opens a `turmoil::net::TcpStream`. A server host answers the line protocol of
@@ -15,13 +18,15 @@
 //! Environment:
 //!
 //! * `CONNMAN_SIM_SEED=N` replays seed `N` alone, with its schedule and outcome printed;
-//! * `CONNMAN_SIM_SEEDS=N` and `CONNMAN_SIM_FIRST=K` run seeds `K..K+N` (default: [`CI_SEEDS`] seeds from 1);
+//! * `CONNMAN_SIM_SEEDS=N` and `CONNMAN_SIM_FIRST=K` run seeds `K..K+N` (default: [`CI_SEEDS`] seeds from 1 for
+//!   the TCP stack, [`WS_CI_SEEDS`] for the WebSocket client);
 //! * `CONNMAN_SIM_THREADS=N` runs seeds on `N` threads (default 2).
 //!
 //! `cargo xtask sim --seeds N` is the long mode.
 
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
+use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,12 +36,17 @@ use std::time::{Duration, Instant as StdInstant};
 
 use connman_core::backoff::{Exponential, Jitter};
 use connman_core::error::BoxError;
+use connman_pool::group::Group;
 use connman_queue::heartbeat::{HeartbeatConfig, HeartbeatEvent, HeartbeatLayer};
 use connman_queue::queue::{CallOptions, Queue, QueueConfig, QueueLayer};
 use connman_queue::reconnect::{ReconnectConfig, ReconnectLayer};
+use connman_tcp::HostPort;
 use connman_tcp::pipeline::PipelineConnector;
 use connman_tests::checker::line::{parse_reply, parse_request, reply, request};
 use connman_tests::checker::{ClientLog, Counts, Mode, Outcome, ServerLog, check};
+use connman_tests::ws::{Counts as ServerCounts, serve_connection};
+use connman_ws::client::{ClientEvent, Message, WsClient};
+use connman_ws::{AcceptConfig, WsConfig};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::broadcast;
@@ -299,23 +309,16 @@ async fn client(seed: u64, plan: StackPlan, shared: Shared, log: ClientLog) -> t
         HeartbeatConfig::disabled()
     };
     let heartbeat = HeartbeatLayer::new(heartbeat_config, ping as fn() -> String);
-    let mut beats = heartbeat.subscribe();
-    let (conns, timed_out) = (shared.conns.clone(), shared.pings_timed_out.clone());
-    tokio::spawn(async move {
-        loop {
-            match beats.recv().await {
-                Ok(HeartbeatEvent::TimedOut { .. }) => {
-                    timed_out.fetch_add(1, Ordering::Relaxed);
-                    conns.heartbeat_ended();
-                }
-                Ok(HeartbeatEvent::Failed { .. }) => conns.heartbeat_ended(),
-                Ok(_) => {}
-                // Only pongs can be many; a lost dead event would fail the detection check, never pass it.
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => return,
-            }
-        }
-    });
+    watch_dead(
+        heartbeat.subscribe(),
+        shared.conns.clone(),
+        shared.pings_timed_out.clone(),
+        |event| match event {
+            HeartbeatEvent::TimedOut { .. } => Some(true),
+            HeartbeatEvent::Failed { .. } => Some(false),
+            _ => None,
+        },
+    );
 
     let backoff = Exponential::builder()
         .initial(ms(10))
@@ -355,6 +358,42 @@ async fn client(seed: u64, plan: StackPlan, shared: Shared, log: ClientLog) -> t
         ));
     }
     drop(svc);
+    settle(clients, &shared.stop).await?;
+    let stats = handle.stats();
+    log.gauge("queue len", stats.len as u64, QUEUE_CAPACITY as u64);
+    handle.close();
+    Ok(())
+}
+
+/// Notes in `conns` every link a client's events declare dead: `dead` reads an event as `Some(true)` for a ping
+/// that timed out, `Some(false)` for a ping that failed, `None` for anything else.
+fn watch_dead<E: Clone + Send + 'static>(
+    mut events: broadcast::Receiver<E>,
+    conns: Conns,
+    timed_out: Arc<AtomicU64>,
+    dead: fn(&E) -> Option<bool>,
+) {
+    tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(event) => {
+                    if let Some(ping_timed_out) = dead(&event) {
+                        if ping_timed_out {
+                            timed_out.fetch_add(1, Ordering::Relaxed);
+                        }
+                        conns.heartbeat_ended();
+                    }
+                }
+                // Only pongs can be many; a lost dead event would fail the detection check, never pass it.
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+}
+
+/// Waits for every client task to see all its outcomes, within [`SETTLE_BOUND`] of the moment the faults stop.
+async fn settle(mut clients: JoinSet<()>, stop: &AtomicBool) -> turmoil::Result {
     let settled = tokio::time::timeout(SETTLE_BOUND, async {
         while let Some(done) = clients.join_next().await {
             done?;
@@ -362,15 +401,12 @@ async fn client(seed: u64, plan: StackPlan, shared: Shared, log: ClientLog) -> t
         Ok::<_, tokio::task::JoinError>(())
     });
     // The bound runs from the moment the faults stop: wait for that first.
-    while !shared.stop.load(Ordering::Acquire) {
+    while !stop.load(Ordering::Acquire) {
         tokio::time::sleep(ms(10)).await;
     }
     settled
         .await
         .map_err(|_| "requests still unresolved long after the faults stopped")??;
-    let stats = handle.stats();
-    log.gauge("queue len", stats.len as u64, QUEUE_CAPACITY as u64);
-    handle.close();
     Ok(())
 }
 
@@ -538,6 +574,8 @@ impl fmt::Display for Schedule {
 struct Silence {
     fault: &'static str,
     at: Duration,
+    /// Which client's link (an index into the watched [`Conns`]).
+    client: usize,
     ended: Option<(Duration, End)>,
 }
 
@@ -560,6 +598,10 @@ struct SeedRun {
     silences: Vec<Silence>,
     connections: usize,
     pings_timed_out: u64,
+    /// Plain WebSocket sends reported written (`Ok`: WebSocket has no receipt), and of those, how many never
+    /// arrived (each written to a socket that a fault then killed). Zero for the TCP stack.
+    written: u64,
+    written_unreceived: u64,
     sim_time: Duration,
     wall: Duration,
 }
@@ -568,6 +610,8 @@ struct SeedRun {
 #[derive(Debug)]
 struct SeedFailure {
     seed: u64,
+    /// The test that replays it.
+    test: &'static str,
     reason: String,
 }
 
@@ -576,8 +620,8 @@ impl fmt::Display for SeedFailure {
         writeln!(f, "seed {} failed: {}", self.seed, self.reason)?;
         write!(
             f,
-            "replay: CONNMAN_SIM_SEED={} cargo test -p connman-tests --test sim -- sim_nothing_lost_over_seeds --nocapture",
-            self.seed
+            "replay: CONNMAN_SIM_SEED={} cargo test -p connman-tests --test sim -- {} --exact --nocapture",
+            self.seed, self.test
         )
     }
 }
@@ -591,70 +635,29 @@ const STACK: StackPlan = StackPlan {
 
 /// Runs one seed: the server, the client stack and the seed's schedule of faults; then the checks.
 fn run_seed(seed: u64, plan: StackPlan, schedule: &Schedule) -> Result<SeedRun, SeedFailure> {
-    let fail = |reason: String| SeedFailure { seed, reason };
+    let fail = |reason: String| SeedFailure {
+        seed,
+        test: "sim_nothing_lost_over_seeds",
+        reason,
+    };
     let started = StdInstant::now();
     let server_log = ServerLog::new(1_000_000);
     let client_log = ClientLog::new(1_000_000);
     let shared = Shared::default();
-    let mut sim = turmoil::Builder::new()
-        .rng_seed(seed)
-        .simulation_duration(schedule.end + SETTLE_BOUND + Duration::from_secs(10))
-        .min_message_latency(ms(1))
-        .max_message_latency(BASE_LATENCY)
-        .tcp_capacity(256)
-        .build();
+    let mut sim = build_sim(seed, schedule);
     let log = server_log.clone();
     sim.host("server", move || server(log.clone()));
     sim.client(
         "client",
         client(seed, plan, shared.clone(), client_log.clone()),
     );
-
-    let mut next = 0;
-    let mut active: Option<(Phase, Duration)> = None;
-    let mut silences = Vec::new();
-    let mut faults = Vec::new();
-    let mut stopped = false;
-    loop {
-        let t = sim.elapsed();
-        if let Some((phase, until)) = active {
-            if t >= until {
-                heal(&mut sim, phase.fault);
-                active = None;
-            }
-        }
-        if active.is_none() {
-            if let Some(&phase) = schedule.phases.get(next).filter(|p| t >= p.at) {
-                next += 1;
-                faults.push(phase.fault.name());
-                if phase.fault.silences_link(phase.duration) {
-                    if let Some(id) = shared.conns.live_at(t) {
-                        silences.push((phase.fault.name(), t, id));
-                    }
-                }
-                inject(&mut sim, phase.fault);
-                active = Some((phase, t + phase.duration));
-            }
-        }
-        if !stopped && active.is_none() && next == schedule.phases.len() && t >= schedule.end {
-            shared.stop.store(true, Ordering::Release);
-            stopped = true;
-        }
-        match sim.step() {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(e) => return Err(fail(format!("the simulation failed: {e}"))),
-        }
-    }
-
-    let silences: Vec<Silence> = silences
-        .into_iter()
-        .map(|(fault, at, id)| Silence {
-            fault,
-            at,
-            ended: shared.conns.get(id).ended,
-        })
-        .collect();
+    let (faults, silences) = drive(
+        &mut sim,
+        schedule,
+        std::slice::from_ref(&shared.conns),
+        &shared.stop,
+    )
+    .map_err(fail)?;
     let report = check(&server_log, &client_log, Mode::AtMostOnce);
     let run = SeedRun {
         seed,
@@ -663,32 +666,117 @@ fn run_seed(seed: u64, plan: StackPlan, schedule: &Schedule) -> Result<SeedRun, 
         silences,
         connections: shared.conns.len(),
         pings_timed_out: shared.pings_timed_out.load(Ordering::Relaxed),
+        written: 0,
+        written_unreceived: 0,
         sim_time: sim.elapsed(),
         wall: started.elapsed(),
     };
+    verdict(&report, &run, plan.heartbeat, schedule).map_err(fail)?;
+    Ok(run)
+}
+
+/// The simulation of one seed: turmoil draws latencies and losses from the seed, and runs long enough for the
+/// schedule, the settling after it, and a margin.
+fn build_sim<'a>(seed: u64, schedule: &Schedule) -> turmoil::Sim<'a> {
+    turmoil::Builder::new()
+        .rng_seed(seed)
+        .simulation_duration(schedule.end + SETTLE_BOUND + Duration::from_secs(10))
+        .min_message_latency(ms(1))
+        .max_message_latency(BASE_LATENCY)
+        .tcp_capacity(256)
+        .build()
+}
+
+/// Steps `sim` through `schedule`, one fault at a time: injects and heals each, notes the live link of every watched
+/// client when a fault silences the link, sets `stop` once the faults are over, and runs to the end. Gives the faults
+/// injected and the silenced links with how each ended.
+fn drive(
+    sim: &mut turmoil::Sim<'_>,
+    schedule: &Schedule,
+    watched: &[Conns],
+    stop: &AtomicBool,
+) -> Result<(Vec<&'static str>, Vec<Silence>), String> {
+    let mut next = 0;
+    let mut active: Option<(Phase, Duration)> = None;
+    let mut silenced = Vec::new();
+    let mut faults = Vec::new();
+    let mut stopped = false;
+    loop {
+        let t = sim.elapsed();
+        if let Some((phase, until)) = active {
+            if t >= until {
+                heal(sim, phase.fault);
+                active = None;
+            }
+        }
+        if active.is_none() {
+            if let Some(&phase) = schedule.phases.get(next).filter(|p| t >= p.at) {
+                next += 1;
+                faults.push(phase.fault.name());
+                if phase.fault.silences_link(phase.duration) {
+                    for (client, conns) in watched.iter().enumerate() {
+                        if let Some(id) = conns.live_at(t) {
+                            silenced.push((phase.fault.name(), t, client, id));
+                        }
+                    }
+                }
+                inject(sim, phase.fault);
+                active = Some((phase, t + phase.duration));
+            }
+        }
+        if !stopped && active.is_none() && next == schedule.phases.len() && t >= schedule.end {
+            stop.store(true, Ordering::Release);
+            stopped = true;
+        }
+        match sim.step() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => return Err(format!("the simulation failed: {e}")),
+        }
+    }
+    let silences = silenced
+        .into_iter()
+        .map(|(fault, at, client, id)| Silence {
+            fault,
+            at,
+            client,
+            ended: watched[client].get(id).ended,
+        })
+        .collect();
+    Ok((faults, silences))
+}
+
+/// The checks every seed ends with: the nothing-lost report clean, no untyped error, something succeeded, and (with
+/// a heartbeat) every silenced link declared dead within interval + timeout.
+fn verdict(
+    report: &connman_tests::checker::Report,
+    run: &SeedRun,
+    heartbeat: bool,
+    schedule: &Schedule,
+) -> Result<(), String> {
     if !report.is_clean() {
-        return Err(fail(format!("{report}\nschedule:\n{schedule}")));
+        return Err(format!("{report}\nschedule:\n{schedule}"));
     }
     if report.counts().other > 0 {
-        return Err(fail(format!("untyped errors\n{report}")));
+        return Err(format!("untyped errors\n{report}"));
     }
     if report.counts().ok == 0 {
-        return Err(fail(format!("nothing succeeded\n{report}")));
+        return Err(format!("nothing succeeded\n{report}"));
     }
-    if plan.heartbeat {
+    if heartbeat {
         for s in &run.silences {
             match s.detected_after() {
                 Some(after) if after <= INTERVAL + TIMEOUT + SLACK => {}
                 other => {
-                    return Err(fail(format!(
-                        "a {} at {:?} went unnoticed past interval + timeout: the live link ended {other:?} later\nschedule:\n{schedule}",
-                        s.fault, s.at
-                    )));
+                    return Err(format!(
+                        "a {} at {:?} went unnoticed past interval + timeout by client {}: the live link ended {other:?} later\nschedule:\n{schedule}",
+                        s.fault, s.at, s.client
+                    ));
                 }
             }
         }
     }
-    Ok(run)
+    Ok(())
 }
 
 fn inject(sim: &mut turmoil::Sim<'_>, fault: Fault) {
@@ -728,8 +816,13 @@ fn env_u64(name: &str) -> Option<u64> {
     }
 }
 
-/// Runs `seeds` on `threads` threads; every failure, in seed order.
-fn run_seeds(seeds: &[u64], threads: usize) -> (Vec<SeedRun>, Vec<SeedFailure>) {
+/// Runs `seeds` on `threads` threads through `run`; every failure, in seed order.
+fn run_seeds(
+    seeds: &[u64],
+    threads: usize,
+    test: &'static str,
+    run: &(dyn Fn(u64) -> Result<SeedRun, SeedFailure> + Sync),
+) -> (Vec<SeedRun>, Vec<SeedFailure>) {
     let next = AtomicU64::new(0);
     let results = Mutex::new((Vec::new(), Vec::new()));
     std::thread::scope(|scope| {
@@ -738,21 +831,22 @@ fn run_seeds(seeds: &[u64], threads: usize) -> (Vec<SeedRun>, Vec<SeedFailure>) 
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                     let Some(&seed) = seeds.get(i) else { return };
-                    let schedule = Schedule::draw(seed);
-                    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        run_seed(seed, STACK, &schedule)
-                    }))
-                    .unwrap_or_else(|panic| {
-                        let reason = panic
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                            .unwrap_or_else(|| "a panic".to_owned());
-                        Err(SeedFailure {
-                            seed,
-                            reason: format!("panicked: {reason}"),
-                        })
-                    });
+                    let outcome =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(seed)))
+                            .unwrap_or_else(|panic| {
+                                let reason = panic
+                                    .downcast_ref::<String>()
+                                    .cloned()
+                                    .or_else(|| {
+                                        panic.downcast_ref::<&str>().map(|s| (*s).to_owned())
+                                    })
+                                    .unwrap_or_else(|| "a panic".to_owned());
+                                Err(SeedFailure {
+                                    seed,
+                                    test,
+                                    reason: format!("panicked: {reason}"),
+                                })
+                            });
                     let mut results = results.lock().unwrap();
                     match outcome {
                         Ok(run) => results.0.push(run),
@@ -787,6 +881,8 @@ struct Summary {
     by_heartbeat: u64,
     worst_detection: Duration,
     pings_timed_out: u64,
+    written: u64,
+    written_unreceived: u64,
     sim_time: Duration,
 }
 
@@ -805,6 +901,8 @@ impl Summary {
             s.received += r.counts.received;
             s.connections += r.connections;
             s.pings_timed_out += r.pings_timed_out;
+            s.written += r.written;
+            s.written_unreceived += r.written_unreceived;
             s.sim_time += r.sim_time;
             for f in &r.faults {
                 *s.faults.entry(f).or_insert(0) += 1;
@@ -843,6 +941,13 @@ impl fmt::Display for Summary {
             let _ = write!(faults, " {name} {n}");
         }
         writeln!(f, "faults:{faults}")?;
+        if self.written > 0 {
+            writeln!(
+                f,
+                "plain sends reported written: {}, of which never received (their socket died after the write): {}",
+                self.written, self.written_unreceived
+            )?;
+        }
         write!(
             f,
             "silenced live links {}: {} declared dead by the heartbeat, worst detection {:?} (bound {:?}); pings timed out {}",
@@ -855,25 +960,37 @@ impl fmt::Display for Summary {
     }
 }
 
-#[test]
-fn sim_nothing_lost_over_seeds() {
-    let threads = env_u64("CONNMAN_SIM_THREADS").unwrap_or(2) as usize;
-    let seeds: Vec<u64> = match env_u64("CONNMAN_SIM_SEED") {
+/// The seeds a run checks: `CONNMAN_SIM_SEED` alone, or `CONNMAN_SIM_SEEDS` from `CONNMAN_SIM_FIRST` (default
+/// `ci_seeds` from 1).
+fn seeds_to_run(ci_seeds: u64) -> Vec<u64> {
+    match env_u64("CONNMAN_SIM_SEED") {
         Some(seed) => {
             println!("seed {seed}, schedule:\n{}", Schedule::draw(seed));
             vec![seed]
         }
         None => {
             let first = env_u64("CONNMAN_SIM_FIRST").unwrap_or(1);
-            let n = env_u64("CONNMAN_SIM_SEEDS").unwrap_or(CI_SEEDS);
+            let n = env_u64("CONNMAN_SIM_SEEDS").unwrap_or(ci_seeds);
             (first..first + n).collect()
         }
-    };
+    }
+}
+
+/// Runs the seeds of [`seeds_to_run`] through `run`, prints the summary, and fails with every failing seed and its
+/// replay command. Over 50 seeds or more, every kind of fault must have happened, the heartbeat must have done the
+/// detecting, and both success and maybe-delivered must have been seen.
+fn over_seeds(
+    ci_seeds: u64,
+    test: &'static str,
+    run: &(dyn Fn(u64) -> Result<SeedRun, SeedFailure> + Sync),
+) -> Summary {
+    let threads = env_u64("CONNMAN_SIM_THREADS").unwrap_or(2) as usize;
+    let seeds = seeds_to_run(ci_seeds);
     let started = StdInstant::now();
-    let (runs, failures) = run_seeds(&seeds, threads);
+    let (runs, failures) = run_seeds(&seeds, threads, test, run);
     let wall = started.elapsed();
     let summary = Summary::of(&runs);
-    println!("{summary}");
+    println!("{test}: {summary}");
     println!(
         "wall {:.1} s on {threads} threads (slowest seed {:?})",
         wall.as_secs_f64(),
@@ -894,7 +1011,6 @@ fn sim_nothing_lost_over_seeds() {
             .join("\n")
     );
     if seeds.len() >= 50 {
-        // Over a run of any size, every fault happened and the heartbeat did the detecting.
         for fault in ["partition", "hold", "latency", "loss", "crash", "bounce"] {
             assert!(
                 summary.faults.get(fault).is_some_and(|&n| n > 0),
@@ -907,6 +1023,14 @@ fn sim_nothing_lost_over_seeds() {
         );
         assert!(summary.maybe_delivered > 0 && summary.ok > 0, "{summary}");
     }
+    summary
+}
+
+#[test]
+fn sim_nothing_lost_over_seeds() {
+    over_seeds(CI_SEEDS, "sim_nothing_lost_over_seeds", &|seed| {
+        run_seed(seed, STACK, &Schedule::draw(seed))
+    });
 }
 
 /// One partition of a busy link, long enough for several pings.
@@ -921,6 +1045,21 @@ fn one_partition(at: u64, duration: u64) -> Schedule {
     }
 }
 
+/// How long after its fault a silenced link was found dead, checked to be within interval + timeout, and never
+/// before a ping could have gone unanswered for the timeout.
+fn detected_in_time(seed: u64, silence: &Silence) -> Duration {
+    let after = silence.detected_after().expect("detected");
+    assert!(
+        after <= INTERVAL + TIMEOUT + SLACK,
+        "seed {seed}: {silence:?}"
+    );
+    assert!(
+        after >= TIMEOUT.saturating_sub(SLACK),
+        "seed {seed}: {silence:?}"
+    );
+    after
+}
+
 #[test]
 fn sim_partition_detected_by_heartbeat_within_interval_plus_timeout() {
     // Partitions that start at every phase of the ping schedule.
@@ -932,16 +1071,7 @@ fn sim_partition_detected_by_heartbeat_within_interval_plus_timeout() {
         };
         let (_, how) = silence.ended.expect("the link ended");
         assert_eq!(how, End::Heartbeat, "seed {seed}: {silence:?}");
-        let after = silence.detected_after().expect("detected");
-        assert!(
-            after <= INTERVAL + TIMEOUT + SLACK,
-            "seed {seed}: {after:?}"
-        );
-        // Never before a ping could have gone unanswered for the timeout.
-        assert!(
-            after >= TIMEOUT.saturating_sub(SLACK),
-            "seed {seed}: {after:?}"
-        );
+        let after = detected_in_time(seed, silence);
         assert!(run.counts.maybe_delivered > 0, "{:?}", run.counts);
         println!("seed {seed}: partition at {start} ms detected after {after:?}");
     }
@@ -973,4 +1103,349 @@ fn sim_same_seed_same_run() {
     assert_eq!(a.counts, b.counts);
     assert_eq!(a.connections, b.connections);
     assert_eq!(a.sim_time, b.sim_time);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The reconnecting WebSocket client over the same network and faults.
+//
+// A server host runs connman-ws's server side ([`serve_connection`] into a `Group`) on turmoil's TCP; it logs the
+// `(client, seq)` of every whole message and answers the requests. The client host runs `WsClient`s whose transport
+// opens a turmoil stream. Request clients use `WsClient::request` (the answer is the receipt: `Ok` means the server
+// logged it, so the checker holds them to "nothing lost"); send clients use `WsClient::send` (`Ok` means written;
+// WebSocket has no receipt, so a message written to a socket that a fault then kills may be gone, and the run counts
+// those). For both: no phantom among the `NotSent`, no duplicate (a send is replayed only when provably never
+// written), order per client, no hang, and every link silenced by a partition or a hold found dead by the client's
+// ping within ping interval + pong timeout.
+
+/// The WebSocket server's namespace.
+const WS_NAMESPACE: &str = "sim";
+
+/// Seeds the CI run checks for the WebSocket client.
+const WS_CI_SEEDS: u64 = 60;
+
+/// The client ids of the two kinds of WebSocket client.
+const WS_REQUEST: &str = "req";
+const WS_SEND: &str = "msg";
+
+/// Parses `"<client> <seq> <payload>"`, the line of a request or of its answer.
+fn ws_line(message: &[u8]) -> Option<(u64, u64, &str)> {
+    let text = std::str::from_utf8(message).ok()?;
+    let mut parts = text.splitn(3, ' ');
+    let client = parts.next()?.parse().ok()?;
+    let seq = parts.next()?.parse().ok()?;
+    Some((client, seq, parts.next().unwrap_or_default()))
+}
+
+/// The WebSocket server host: every whole message logged; a request answered on its own connection.
+async fn ws_server(log: ServerLog) -> turmoil::Result {
+    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
+    let group = Group::new();
+    let config = AcceptConfig::new(WsConfig::default()).namespace(WS_NAMESPACE);
+    let counts = {
+        let group = group.clone();
+        ServerCounts::new().on_message(move |ns, id, payload| {
+            let Some((client, seq, kind)) = ws_line(payload) else {
+                return;
+            };
+            if kind != WS_REQUEST && kind != WS_SEND {
+                return;
+            }
+            // A full log is reported by the check.
+            let _ = log.record(client, seq);
+            if kind == WS_REQUEST {
+                let _ = group.send(ns, id, format!("{client} {seq} ok"));
+            }
+        })
+    };
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let (group, config, counts) = (group.clone(), config.clone(), counts.clone());
+        tokio::spawn(async move { serve_connection(stream, &config, &group, &counts).await });
+    }
+}
+
+/// How the WebSocket clients are set up.
+#[derive(Debug, Clone, Copy)]
+struct WsPlan {
+    /// Ping every [`INTERVAL`], pong due within [`TIMEOUT`]; or no ping at all.
+    ping: bool,
+    /// Request clients, then send clients.
+    requesters: u64,
+    senders: u64,
+    window: usize,
+    max_pause_ms: u64,
+    /// How long a written request waits for its answer.
+    request_timeout: Duration,
+}
+
+const WS_CLIENTS: WsPlan = WsPlan {
+    ping: true,
+    requesters: 2,
+    senders: 1,
+    window: 8,
+    max_pause_ms: 20,
+    request_timeout: QUEUE_MAX_WAIT,
+};
+
+/// What the WebSocket client host shares with the test: each client's connections, and counts.
+#[derive(Debug, Clone, Default)]
+struct WsShared {
+    conns: Vec<Conns>,
+    stop: Arc<AtomicBool>,
+    pings_timed_out: Arc<AtomicU64>,
+    written: Arc<Mutex<Vec<(u64, u64)>>>,
+}
+
+/// The client host: one `WsClient` per client, each sending until told to stop, then waiting for every outcome.
+async fn ws_client_host(
+    seed: u64,
+    plan: WsPlan,
+    shared: WsShared,
+    log: ClientLog,
+) -> turmoil::Result {
+    let mut clients = JoinSet::new();
+    let mut handles = Vec::new();
+    for (i, conns) in shared.conns.iter().enumerate() {
+        let c = i as u64 + 1;
+        let request = c <= plan.requesters;
+        let backoff = Exponential::builder()
+            .initial(ms(10))
+            .max(ms(200))
+            .jitter(Jitter::Full)
+            .seed(seed.wrapping_mul(131).wrapping_add(c))
+            .build()?;
+        let transport = {
+            let conns = conns.clone();
+            tower::service_fn(move |_: HostPort| connect(("server", PORT), conns.clone()))
+        };
+        let builder = WsClient::builder(&format!("ws://server:{PORT}/{WS_NAMESPACE}"))
+            .transport(transport)
+            .ping(plan.ping.then_some((INTERVAL, TIMEOUT)))
+            .backoff(backoff)
+            .come_back_within(ms(100))
+            .queue_capacity(QUEUE_CAPACITY)
+            .max_wait(QUEUE_MAX_WAIT)
+            .handshake_timeout(CONNECT_TIMEOUT)
+            .close_timeout(ms(200))
+            .request_timeout(plan.request_timeout);
+        let builder = if request {
+            builder.correlate(|msg: &Message| ws_line(msg.as_bytes()).map(|(_, seq, _)| seq))
+        } else {
+            builder
+        };
+        let (client, mut incoming) = builder.build()?;
+        // Answers to requests are matched to them; nothing else arrives. Keep reading, so that nothing waits on a
+        // full inbound queue.
+        tokio::spawn(async move { while incoming.recv().await.is_some() {} });
+        watch_dead(
+            client.events(),
+            conns.clone(),
+            shared.pings_timed_out.clone(),
+            |event| matches!(event, ClientEvent::PongTimeout { .. }).then_some(true),
+        );
+        handles.push(client.clone());
+        clients.spawn(run_ws_client(
+            client,
+            c,
+            request,
+            fastrand::Rng::with_seed(seed.wrapping_mul(31).wrapping_add(c)),
+            plan,
+            log.clone(),
+            shared.clone(),
+        ));
+    }
+    settle(clients, &shared.stop).await?;
+    for client in handles {
+        log.gauge(
+            "queue len",
+            client.stats().len as u64,
+            QUEUE_CAPACITY as u64,
+        );
+        client.close().await;
+    }
+    Ok(())
+}
+
+/// One WebSocket client: a numbered message every few ms, at most `plan.window` unresolved, until told to stop;
+/// then waits for every outcome. Each message enters the client's queue before the next is made, so the queue's
+/// order is the seq order.
+async fn run_ws_client(
+    mut client: WsClient,
+    c: u64,
+    request: bool,
+    mut rng: fastrand::Rng,
+    plan: WsPlan,
+    log: ClientLog,
+    shared: WsShared,
+) {
+    let mut waiting = JoinSet::new();
+    let mut seq = 0;
+    let kind = if request { WS_REQUEST } else { WS_SEND };
+    while !shared.stop.load(Ordering::Acquire) {
+        tokio::time::sleep(ms(rng.u64(1..=plan.max_pause_ms))).await;
+        while waiting.try_join_next().is_some() {}
+        if waiting.len() >= plan.window {
+            continue;
+        }
+        if ServiceExt::<Message>::ready(&mut client).await.is_err() {
+            break;
+        }
+        seq += 1;
+        log.issue(c, seq);
+        let msg = Message::from(format!("{c} {seq} {kind}"));
+        let (log, written) = (log.clone(), shared.written.clone());
+        if request {
+            let mut sender = client.clone();
+            let mut reply = Box::pin(async move { sender.request(msg).await });
+            // The first poll puts the request in the queue (its room is reserved), so the next one goes after it.
+            let first = std::future::poll_fn(|cx| Poll::Ready(reply.as_mut().poll(cx))).await;
+            if let Poll::Ready(result) = first {
+                log.resolve(c, seq, ws_request_outcome(c, seq, &result));
+                continue;
+            }
+            waiting.spawn(async move {
+                let result = reply.await;
+                log.resolve(c, seq, ws_request_outcome(c, seq, &result));
+            });
+        } else {
+            let sent = Service::call(&mut client, msg);
+            waiting.spawn(async move {
+                let outcome = match sent.await {
+                    // Written, with no receipt: the checker holds it to what a maybe-delivered promises (no
+                    // duplicate, no phantom); the run counts those that never arrived.
+                    Ok(()) => {
+                        lock(&written).push((c, seq));
+                        Outcome::MaybeDelivered
+                    }
+                    Err(e) => Outcome::of_error(e.as_ref()),
+                };
+                log.resolve(c, seq, outcome);
+            });
+        }
+    }
+    while waiting.join_next().await.is_some() {}
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// `Ok` only if the answer names this very request.
+fn ws_request_outcome(c: u64, seq: u64, result: &Result<Message, BoxError>) -> Outcome {
+    match result {
+        Ok(answer) => match ws_line(answer.as_bytes()) {
+            Some((ac, aseq, "ok")) if (ac, aseq) == (c, seq) => Outcome::Ok,
+            _ => Outcome::Other(format!("answer {answer:?} to {c} {seq}")),
+        },
+        Err(e) => Outcome::of_error(e.as_ref()),
+    }
+}
+
+/// Runs one seed of the WebSocket client: the server, the clients and the seed's schedule of faults; then the checks.
+fn run_ws_seed(seed: u64, plan: WsPlan, schedule: &Schedule) -> Result<SeedRun, SeedFailure> {
+    let fail = |reason: String| SeedFailure {
+        seed,
+        test: "sim_ws_nothing_lost_over_seeds",
+        reason,
+    };
+    let started = StdInstant::now();
+    let server_log = ServerLog::new(1_000_000);
+    let client_log = ClientLog::new(1_000_000);
+    let shared = WsShared {
+        conns: (0..plan.requesters + plan.senders)
+            .map(|_| Conns::default())
+            .collect(),
+        ..WsShared::default()
+    };
+    let mut sim = build_sim(seed, schedule);
+    let log = server_log.clone();
+    sim.host("server", move || ws_server(log.clone()));
+    sim.client(
+        "client",
+        ws_client_host(seed, plan, shared.clone(), client_log.clone()),
+    );
+    let (faults, silences) =
+        drive(&mut sim, schedule, &shared.conns, &shared.stop).map_err(fail)?;
+    let report = check(&server_log, &client_log, Mode::AtMostOnce);
+    let written = lock(&shared.written).clone();
+    let written_unreceived = written
+        .iter()
+        .filter(|&&(c, s)| server_log.count(c, s) == 0)
+        .count() as u64;
+    let run = SeedRun {
+        seed,
+        counts: report.counts().clone(),
+        faults,
+        silences,
+        connections: shared.conns.iter().map(Conns::len).sum(),
+        pings_timed_out: shared.pings_timed_out.load(Ordering::Relaxed),
+        written: written.len() as u64,
+        written_unreceived,
+        sim_time: sim.elapsed(),
+        wall: started.elapsed(),
+    };
+    verdict(&report, &run, plan.ping, schedule).map_err(fail)?;
+    Ok(run)
+}
+
+#[test]
+fn sim_ws_nothing_lost_over_seeds() {
+    let summary = over_seeds(WS_CI_SEEDS, "sim_ws_nothing_lost_over_seeds", &|seed| {
+        run_ws_seed(seed, WS_CLIENTS, &Schedule::draw(seed))
+    });
+    if summary.seeds >= 50 {
+        assert!(
+            summary.written > 0 && summary.not_sent + summary.maybe_delivered > 0,
+            "{summary}"
+        );
+    }
+}
+
+#[test]
+fn sim_ws_partition_detected_by_ping_within_interval_plus_timeout() {
+    for (seed, start) in [(11, 600), (12, 655), (13, 730), (14, 790), (15, 849)] {
+        let schedule = one_partition(start, 1200);
+        let run = run_ws_seed(seed, WS_CLIENTS, &schedule).unwrap_or_else(|f| panic!("{f}"));
+        let clients = (WS_CLIENTS.requesters + WS_CLIENTS.senders) as usize;
+        assert_eq!(
+            run.silences.len(),
+            clients,
+            "seed {seed}: a live link per client: {run:#?}"
+        );
+        assert!(
+            run.pings_timed_out >= clients as u64,
+            "seed {seed}: {run:#?}"
+        );
+        for silence in &run.silences {
+            detected_in_time(seed, silence);
+        }
+        assert!(run.counts.maybe_delivered > 0, "{:?}", run.counts);
+        println!(
+            "seed {seed}: partition at {start} ms detected after {:?}",
+            run.silences
+                .iter()
+                .filter_map(Silence::detected_after)
+                .max()
+        );
+    }
+}
+
+#[test]
+fn sim_ws_without_ping_a_partition_goes_unnoticed() {
+    // The same partition with the ping off: no client finds its half-open socket dead, so the requests written into
+    // it never get an answer or an outcome before the bound. (The request timeout is set past the bound here: it
+    // would end them as `Elapsed` after 5 s, which is not detection of the dead link.)
+    let plan = WsPlan {
+        ping: false,
+        request_timeout: SETTLE_BOUND * 2,
+        ..WS_CLIENTS
+    };
+    let schedule = one_partition(600, 1200);
+    let failure = run_ws_seed(11, plan, &schedule).expect_err("a silent link hangs its requests");
+    println!("as expected without a ping: {}", failure.reason);
+    assert!(
+        failure.reason.contains("unresolved") || failure.reason.contains("Ran for duration"),
+        "{}",
+        failure.reason
+    );
 }
