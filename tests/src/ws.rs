@@ -116,6 +116,25 @@ where
 /// A loopback WebSocket server putting every connection into a [`Group`] and counting accepts and messages.
 ///
 /// It can be stopped and started again on the same port (a bounce); dropping it stops its tasks.
+///
+/// ```
+/// use connman_tests::ws::CountingServer;
+/// use connman_ws::client::WsClient;
+/// use connman_ws::{AcceptConfig, WsConfig};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), connman_core::error::BoxError> {
+/// let server = CountingServer::start(AcceptConfig::new(WsConfig::default()).namespace("lobby")).await?;
+/// let (mut client, _incoming) = WsClient::builder(&format!("ws://{}/", server.addr())).build()?;
+/// client.send("hello").await?;
+/// while server.received() == 0 {
+///     tokio::task::yield_now().await;
+/// }
+/// assert_eq!(server.accepted(), 1);
+/// assert_eq!(server.group().namespace_len("lobby"), 1);
+/// client.close().await;
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct CountingServer {
     group: Group,

@@ -128,16 +128,18 @@ struct Tally {
     written: u64,
     /// The stacks' requests: ok, maybe delivered, not sent (or expired).
     stacks: [u64; 3],
-    /// The `WsClient`s' sends: ok (written), maybe delivered, not sent (or expired).
-    ws: [u64; 3],
+    /// The `WsClient`s' sends: ok (written), maybe delivered, not sent, expired in the queue.
+    ws: [u64; 4],
 }
 
 impl Tally {
     fn add(&mut self, other: Self) {
         self.written += other.written;
-        for i in 0..3 {
-            self.stacks[i] += other.stacks[i];
-            self.ws[i] += other.ws[i];
+        for (mine, theirs) in self.stacks.iter_mut().zip(other.stacks) {
+            *mine += theirs;
+        }
+        for (mine, theirs) in self.ws.iter_mut().zip(other.ws) {
+            *mine += theirs;
         }
     }
 }
@@ -388,7 +390,7 @@ fn ws_client(
         .expect("valid client settings");
     let (mut sender, ticks) = (client.clone(), ticks.clone());
     tasks.spawn(async move {
-        let mut ws = [0; 3];
+        let mut ws = [0; 4];
         let mut n = 0u64;
         // Spread over the second, so that a thousand clients do not send at once.
         let mut next = tokio::time::Instant::now() + ms(i % 1000);
@@ -401,7 +403,8 @@ fn ws_client(
                         Ok(()) => ws[0] += 1,
                         Err(e) => match Outcome::of(&e) {
                             Outcome::MaybeDelivered => ws[1] += 1,
-                            Outcome::NotSent | Outcome::Elapsed => ws[2] += 1,
+                            Outcome::NotSent => ws[2] += 1,
+                            Outcome::Elapsed => ws[3] += 1,
                             Outcome::Closed => break,
                             other => panic!("untyped outcome {other:?}: {e}"),
                         },
@@ -576,7 +579,7 @@ fn soak_thousands_of_connections_and_bounces_leave_nothing_behind() {
         .await;
         let end = settle(&server, &ws, Some(baseline)).await;
         let [ok, maybe, not_sent] = tally.stacks;
-        let [ws_ok, ws_maybe, ws_not_sent] = tally.ws;
+        let [ws_ok, ws_maybe, ws_not_sent, ws_expired] = tally.ws;
         let ws_received = ws.counts.received() - ws_received_before;
         println!(
             "soak: {connections} connections + {stacks} stacks + {ws_clients} websocket clients for {seconds} s, \
@@ -588,7 +591,7 @@ fn soak_thousands_of_connections_and_bounces_leave_nothing_behind() {
         );
         println!(
             "websocket: {} bounces, {} drains at {drain_rate}/s closing {} members, {} handshakes; sends: {ws_ok} ok \
-             (written), {ws_maybe} maybe delivered, {ws_not_sent} not sent; received by the servers {ws_received}; \
+             (written), {ws_maybe} maybe delivered, {ws_not_sent} not sent, {ws_expired} expired in the queue; received by the servers {ws_received}; \
              ticks received {}",
             ws.bounces,
             ws.drains,
