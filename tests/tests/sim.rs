@@ -1342,6 +1342,10 @@ fn ws_request_outcome(c: u64, seq: u64, result: &Result<Message, BoxError>) -> O
 }
 
 /// Runs one seed of the WebSocket client: the server, the clients and the seed's schedule of faults; then the checks.
+///
+/// A seed replays its schedule and turmoil's network exactly, and so its verdict; the client's counts may differ
+/// by a request or two between runs (ok against maybe delivered), where two of its tasks are ready in the same tick
+/// and tokio's `select!` picks one at random.
 fn run_ws_seed(seed: u64, plan: WsPlan, schedule: &Schedule) -> Result<SeedRun, SeedFailure> {
     let fail = |reason: String| SeedFailure {
         seed,
