@@ -36,6 +36,7 @@ use std::time::{Duration, Instant as StdInstant};
 
 use connman_core::backoff::{Exponential, Jitter};
 use connman_core::error::BoxError;
+use connman_core::member::CloseCode;
 use connman_pool::group::Group;
 use connman_queue::heartbeat::{HeartbeatConfig, HeartbeatEvent, HeartbeatLayer};
 use connman_queue::queue::{CallOptions, Queue, QueueConfig, QueueLayer};
@@ -483,6 +484,9 @@ enum Fault {
     Crash,
     /// The server host restarts at once.
     Bounce,
+    /// The WebSocket server closes every connection with 1012 ("restarting") and goes on serving: its clients come
+    /// back after a random delay. WebSocket seeds only.
+    Restart,
 }
 
 impl Fault {
@@ -494,6 +498,7 @@ impl Fault {
             Fault::Loss(_) => "loss",
             Fault::Crash => "crash",
             Fault::Bounce => "bounce",
+            Fault::Restart => "restart",
         }
     }
 
@@ -519,12 +524,23 @@ struct Schedule {
 }
 
 impl Schedule {
+    /// The faults of a TCP seed.
     fn draw(seed: u64) -> Self {
+        Self::draw_from(seed, 6)
+    }
+
+    /// The faults of a WebSocket seed: those of a TCP seed and [`Fault::Restart`].
+    fn draw_ws(seed: u64) -> Self {
+        Self::draw_from(seed, 7)
+    }
+
+    /// Draws among the first `kinds` kinds of fault (the same draws as ever for the first six).
+    fn draw_from(seed: u64, kinds: u8) -> Self {
         let mut rng = fastrand::Rng::with_seed(seed);
         let mut at = ms(rng.u64(200..500));
         let mut phases = Vec::new();
         for _ in 0..rng.usize(3..=5) {
-            let (fault, duration) = match rng.u8(0..6) {
+            let (fault, duration) = match rng.u8(0..kinds) {
                 0 => (Fault::Partition, ms(rng.u64(50..1200))),
                 1 => (Fault::Hold, ms(rng.u64(50..1000))),
                 2 => (
@@ -536,7 +552,8 @@ impl Schedule {
                     ms(rng.u64(200..1000)),
                 ),
                 4 => (Fault::Crash, ms(rng.u64(20..800))),
-                _ => (Fault::Bounce, Duration::ZERO),
+                5 => (Fault::Bounce, Duration::ZERO),
+                _ => (Fault::Restart, Duration::ZERO),
             };
             phases.push(Phase {
                 at,
@@ -656,6 +673,7 @@ fn run_seed(seed: u64, plan: StackPlan, schedule: &Schedule) -> Result<SeedRun, 
         schedule,
         std::slice::from_ref(&shared.conns),
         &shared.stop,
+        &|| {},
     )
     .map_err(fail)?;
     let report = check(&server_log, &client_log, Mode::AtMostOnce);
@@ -687,14 +705,15 @@ fn build_sim<'a>(seed: u64, schedule: &Schedule) -> turmoil::Sim<'a> {
         .build()
 }
 
-/// Steps `sim` through `schedule`, one fault at a time: injects and heals each, notes the live link of every watched
-/// client when a fault silences the link, sets `stop` once the faults are over, and runs to the end. Gives the faults
-/// injected and the silenced links with how each ended.
+/// Steps `sim` through `schedule`, one fault at a time: injects and heals each (a [`Fault::Restart`] by calling
+/// `restart`), notes the live link of every watched client when a fault silences the link, sets `stop` once the
+/// faults are over, and runs to the end. Gives the faults injected and the silenced links with how each ended.
 fn drive(
     sim: &mut turmoil::Sim<'_>,
     schedule: &Schedule,
     watched: &[Conns],
     stop: &AtomicBool,
+    restart: &dyn Fn(),
 ) -> Result<(Vec<&'static str>, Vec<Silence>), String> {
     let mut next = 0;
     let mut active: Option<(Phase, Duration)> = None;
@@ -719,6 +738,9 @@ fn drive(
                             silenced.push((phase.fault.name(), t, client, id));
                         }
                     }
+                }
+                if phase.fault == Fault::Restart {
+                    restart();
                 }
                 inject(sim, phase.fault);
                 active = Some((phase, t + phase.duration));
@@ -787,6 +809,8 @@ fn inject(sim: &mut turmoil::Sim<'_>, fault: Fault) {
         Fault::Loss(rate) => sim.set_fail_rate(rate),
         Fault::Crash => sim.crash("server"),
         Fault::Bounce => sim.bounce("server"),
+        // The server host does it itself (see `drive`).
+        Fault::Restart => {}
     }
 }
 
@@ -801,7 +825,7 @@ fn heal(sim: &mut turmoil::Sim<'_>, fault: Fault) {
             sim.repair("client", "server");
         }
         Fault::Crash => sim.bounce("server"),
-        Fault::Bounce => {}
+        Fault::Bounce | Fault::Restart => {}
     }
 }
 
@@ -962,10 +986,10 @@ impl fmt::Display for Summary {
 
 /// The seeds a run checks: `CONNMAN_SIM_SEED` alone, or `CONNMAN_SIM_SEEDS` from `CONNMAN_SIM_FIRST` (default
 /// `ci_seeds` from 1).
-fn seeds_to_run(ci_seeds: u64) -> Vec<u64> {
+fn seeds_to_run(ci_seeds: u64, draw: fn(u64) -> Schedule) -> Vec<u64> {
     match env_u64("CONNMAN_SIM_SEED") {
         Some(seed) => {
-            println!("seed {seed}, schedule:\n{}", Schedule::draw(seed));
+            println!("seed {seed}, schedule:\n{}", draw(seed));
             vec![seed]
         }
         None => {
@@ -982,10 +1006,11 @@ fn seeds_to_run(ci_seeds: u64) -> Vec<u64> {
 fn over_seeds(
     ci_seeds: u64,
     test: &'static str,
+    draw: fn(u64) -> Schedule,
     run: &(dyn Fn(u64) -> Result<SeedRun, SeedFailure> + Sync),
 ) -> Summary {
     let threads = env_u64("CONNMAN_SIM_THREADS").unwrap_or(2) as usize;
-    let seeds = seeds_to_run(ci_seeds);
+    let seeds = seeds_to_run(ci_seeds, draw);
     let started = StdInstant::now();
     let (runs, failures) = run_seeds(&seeds, threads, test, run);
     let wall = started.elapsed();
@@ -1028,9 +1053,12 @@ fn over_seeds(
 
 #[test]
 fn sim_nothing_lost_over_seeds() {
-    over_seeds(CI_SEEDS, "sim_nothing_lost_over_seeds", &|seed| {
-        run_seed(seed, STACK, &Schedule::draw(seed))
-    });
+    over_seeds(
+        CI_SEEDS,
+        "sim_nothing_lost_over_seeds",
+        Schedule::draw,
+        &|seed| run_seed(seed, STACK, &Schedule::draw(seed)),
+    );
 }
 
 /// One partition of a busy link, long enough for several pings.
@@ -1113,9 +1141,10 @@ fn sim_same_seed_same_run() {
 // opens a turmoil stream. Request clients use `WsClient::request` (the answer is the receipt: `Ok` means the server
 // logged it, so the checker holds them to "nothing lost"); send clients use `WsClient::send` (`Ok` means written;
 // WebSocket has no receipt, so a message written to a socket that a fault then kills may be gone, and the run counts
-// those). For both: no phantom among the `NotSent`, no duplicate (a send is replayed only when provably never
-// written), order per client, no hang, and every link silenced by a partition or a hold found dead by the client's
-// ping within ping interval + pong timeout.
+// those). Its seeds draw one more fault: the server closing every connection with 1012 ("restarting"), after which
+// the clients come back after a random delay. For both: no phantom among the `NotSent`, no duplicate (a send is
+// replayed only when provably never written), order per client, no hang, and every link silenced by a partition or
+// a hold found dead by the client's ping within ping interval + pong timeout.
 
 /// The WebSocket server's namespace.
 const WS_NAMESPACE: &str = "sim";
@@ -1136,10 +1165,24 @@ fn ws_line(message: &[u8]) -> Option<(u64, u64, &str)> {
     Some((client, seq, parts.next().unwrap_or_default()))
 }
 
-/// The WebSocket server host: every whole message logged; a request answered on its own connection.
-async fn ws_server(log: ServerLog) -> turmoil::Result {
+/// The WebSocket server host: every whole message logged; a request answered on its own connection. When
+/// `restart` is set, it closes every connection with 1012 and goes on serving.
+async fn ws_server(log: ServerLog, restart: Arc<AtomicBool>) -> turmoil::Result {
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
     let group = Group::new();
+    {
+        let group = group.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ms(1)).await;
+                if restart.swap(false, Ordering::AcqRel) {
+                    for closing in group.close_all(WS_NAMESPACE, CloseCode::RESTART, "restarting") {
+                        tokio::spawn(closing);
+                    }
+                }
+            }
+        });
+    }
     let config = AcceptConfig::new(WsConfig::default()).namespace(WS_NAMESPACE);
     let counts = {
         let group = group.clone();
@@ -1194,6 +1237,8 @@ struct WsShared {
     stop: Arc<AtomicBool>,
     pings_timed_out: Arc<AtomicU64>,
     written: Arc<Mutex<Vec<(u64, u64)>>>,
+    /// Set to have the server close every connection with 1012.
+    restart: Arc<AtomicBool>,
 }
 
 /// The client host: one `WsClient` per client, each sending until told to stop, then waiting for every outcome.
@@ -1363,13 +1408,16 @@ fn run_ws_seed(seed: u64, plan: WsPlan, schedule: &Schedule) -> Result<SeedRun, 
     };
     let mut sim = build_sim(seed, schedule);
     let log = server_log.clone();
-    sim.host("server", move || ws_server(log.clone()));
+    let restart = shared.restart.clone();
+    sim.host("server", move || ws_server(log.clone(), restart.clone()));
     sim.client(
         "client",
         ws_client_host(seed, plan, shared.clone(), client_log.clone()),
     );
-    let (faults, silences) =
-        drive(&mut sim, schedule, &shared.conns, &shared.stop).map_err(fail)?;
+    let (faults, silences) = drive(&mut sim, schedule, &shared.conns, &shared.stop, &|| {
+        shared.restart.store(true, Ordering::Release);
+    })
+    .map_err(fail)?;
     let report = check(&server_log, &client_log, Mode::AtMostOnce);
     let written = lock(&shared.written).clone();
     let written_unreceived = written
@@ -1394,10 +1442,14 @@ fn run_ws_seed(seed: u64, plan: WsPlan, schedule: &Schedule) -> Result<SeedRun, 
 
 #[test]
 fn sim_ws_nothing_lost_over_seeds() {
-    let summary = over_seeds(WS_CI_SEEDS, "sim_ws_nothing_lost_over_seeds", &|seed| {
-        run_ws_seed(seed, WS_CLIENTS, &Schedule::draw(seed))
-    });
+    let summary = over_seeds(
+        WS_CI_SEEDS,
+        "sim_ws_nothing_lost_over_seeds",
+        Schedule::draw_ws,
+        &|seed| run_ws_seed(seed, WS_CLIENTS, &Schedule::draw_ws(seed)),
+    );
     if summary.seeds >= 50 {
+        assert!(summary.faults.contains_key("restart"), "no restart");
         assert!(
             summary.written > 0 && summary.not_sent + summary.maybe_delivered > 0,
             "{summary}"
