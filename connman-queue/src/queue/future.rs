@@ -26,27 +26,54 @@ pub struct ResponseFuture<S: Service<Req>, Req> {
     handle: Arc<HandleState<S, Req>>,
     #[pin]
     state: State<S::Future, Req>,
-    ticket: Option<Ticket>,
+    /// The capacity permit and weight the request holds until it is answered.
+    ticket: Ticket,
     place: Place,
     idempotent: bool,
     replays: u32,
-    /// When the request stops waiting: set the first time it has to wait (at the call if it is queued at once, at
-    /// its first replay if it went straight out), so the fast path never reads the clock.
-    deadline: Option<Instant>,
-    /// The longest it may wait, from then.
+    /// The longest it may wait, from the first time it has to.
     wait: Duration,
+    /// When the request stops waiting, and its timer: made the first time it has to wait (at the call if it is
+    /// queued at once, at its first replay if it went straight out), so the fast path never reads the clock. Boxed:
+    /// the future stays small, and a small future is moved without a call to `memcpy`.
+    waiting: Option<Box<Waiting>>,
+}
+
+/// The deadline of a request that waits, and its timer once it is polled while queued.
+struct Waiting {
+    deadline: Instant,
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
+impl Waiting {
+    fn until(deadline: Instant) -> Box<Self> {
+        Box::new(Self {
+            deadline,
+            sleep: None,
+        })
+    }
+}
+
 /// The capacity permit and weight a request holds until it is answered.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Ticket {
     weight: usize,
+    held: bool,
 }
 
 impl Ticket {
     pub(crate) fn new(weight: usize) -> Self {
-        Self { weight }
+        Self { weight, held: true }
+    }
+
+    const NONE: Self = Self {
+        weight: 0,
+        held: false,
+    };
+
+    fn take(&mut self) -> Option<Self> {
+        let ticket = std::mem::replace(self, Self::NONE);
+        ticket.held.then_some(ticket)
     }
 }
 
@@ -78,7 +105,7 @@ where
     pub(crate) fn failed(handle: Arc<HandleState<S, Req>>, error: BoxError) -> Self {
         Self::with_state(
             handle,
-            None,
+            Ticket::NONE,
             false,
             (None, Duration::ZERO),
             Place { epoch: 0, seq: 0 },
@@ -100,7 +127,7 @@ where
             fut,
             req: Some(req),
         };
-        Self::with_state(handle, Some(ticket), idempotent, (None, wait), place, state)
+        Self::with_state(handle, ticket, idempotent, (None, wait), place, state)
     }
 
     pub(crate) fn queued(
@@ -113,7 +140,7 @@ where
     ) -> Self {
         Self::with_state(
             handle,
-            Some(ticket),
+            ticket,
             idempotent,
             (Some(deadline), Duration::ZERO),
             place,
@@ -123,7 +150,7 @@ where
 
     fn with_state(
         handle: Arc<HandleState<S, Req>>,
-        ticket: Option<Ticket>,
+        ticket: Ticket,
         idempotent: bool,
         (deadline, wait): (Option<Instant>, Duration),
         place: Place,
@@ -136,9 +163,8 @@ where
             place,
             idempotent,
             replays: 0,
-            deadline,
             wait,
-            sleep: None,
+            waiting: deadline.map(Waiting::until),
         }
     }
 }
@@ -207,9 +233,11 @@ where
                         return Poll::Ready(Err(error));
                     };
                     let now = Instant::now();
-                    let deadline = *this
-                        .deadline
-                        .get_or_insert_with(|| super::shared::deadline(now, *this.wait));
+                    let wait = *this.wait;
+                    let deadline = this
+                        .waiting
+                        .get_or_insert_with(|| Waiting::until(super::shared::deadline(now, wait)))
+                        .deadline;
                     if now >= deadline {
                         this.handle
                             .shared
@@ -241,10 +269,11 @@ where
                     Poll::Ready(Err(_)) => return Poll::Ready(Err(Closed::new().into())),
                     Poll::Pending => {
                         let wait = *this.wait;
-                        let deadline = *this
-                            .deadline
-                            .get_or_insert_with(|| super::shared::deadline(Instant::now(), wait));
-                        let sleep = this
+                        let waiting = this.waiting.get_or_insert_with(|| {
+                            Waiting::until(super::shared::deadline(Instant::now(), wait))
+                        });
+                        let deadline = waiting.deadline;
+                        let sleep = waiting
                             .sleep
                             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                         if sleep.as_mut().poll(cx).is_pending() {
