@@ -26,13 +26,14 @@ pub struct ResponseFuture<S: Service<Req>, Req> {
     handle: Arc<HandleState<S, Req>>,
     #[pin]
     state: State<S::Future, Req>,
-    /// The capacity permit and weight the request holds until it is answered.
-    ticket: Ticket,
+    /// The weight of the request, held with its capacity permit until it is answered (while `holds`).
+    weight: usize,
+    holds: bool,
     place: Place,
     idempotent: bool,
     replays: u32,
-    /// The longest it may wait, from the first time it has to.
-    wait: Duration,
+    /// The longest it may wait, from the first time it has to, in nanoseconds (saturated at 584 years).
+    wait: u64,
     /// When the request stops waiting, and its timer: made the first time it has to wait (at the call if it is
     /// queued at once, at its first replay if it went straight out), so the fast path never reads the clock. Boxed:
     /// the future stays small, and a small future is moved without a call to `memcpy`.
@@ -55,25 +56,14 @@ impl Waiting {
 }
 
 /// The capacity permit and weight a request holds until it is answered.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub(crate) struct Ticket {
     weight: usize,
-    held: bool,
 }
 
 impl Ticket {
     pub(crate) fn new(weight: usize) -> Self {
-        Self { weight, held: true }
-    }
-
-    const NONE: Self = Self {
-        weight: 0,
-        held: false,
-    };
-
-    fn take(&mut self) -> Option<Self> {
-        let ticket = std::mem::replace(self, Self::NONE);
-        ticket.held.then_some(ticket)
+        Self { weight }
     }
 }
 
@@ -105,7 +95,7 @@ where
     pub(crate) fn failed(handle: Arc<HandleState<S, Req>>, error: BoxError) -> Self {
         Self::with_state(
             handle,
-            Ticket::NONE,
+            None,
             false,
             (None, Duration::ZERO),
             Place { epoch: 0, seq: 0 },
@@ -127,7 +117,7 @@ where
             fut,
             req: Some(req),
         };
-        Self::with_state(handle, ticket, idempotent, (None, wait), place, state)
+        Self::with_state(handle, Some(ticket), idempotent, (None, wait), place, state)
     }
 
     pub(crate) fn queued(
@@ -140,7 +130,7 @@ where
     ) -> Self {
         Self::with_state(
             handle,
-            ticket,
+            Some(ticket),
             idempotent,
             (Some(deadline), Duration::ZERO),
             place,
@@ -150,7 +140,7 @@ where
 
     fn with_state(
         handle: Arc<HandleState<S, Req>>,
-        ticket: Ticket,
+        ticket: Option<Ticket>,
         idempotent: bool,
         (deadline, wait): (Option<Instant>, Duration),
         place: Place,
@@ -159,11 +149,12 @@ where
         Self {
             handle,
             state,
-            ticket,
+            weight: ticket.as_ref().map_or(0, |t| t.weight),
+            holds: ticket.is_some(),
             place,
             idempotent,
             replays: 0,
-            wait,
+            wait: u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX),
             waiting: deadline.map(Waiting::until),
         }
     }
@@ -181,8 +172,8 @@ where
         let result = ready!(self.as_mut().poll_state(cx));
         let mut this = self.project();
         this.state.set(State::Done);
-        if let Some(ticket) = this.ticket.take() {
-            release(this.handle, ticket);
+        if std::mem::take(this.holds) {
+            release(this.handle, *this.weight);
         }
         Poll::Ready(result)
     }
@@ -233,7 +224,7 @@ where
                         return Poll::Ready(Err(error));
                     };
                     let now = Instant::now();
-                    let wait = *this.wait;
+                    let wait = Duration::from_nanos(*this.wait);
                     let deadline = this
                         .waiting
                         .get_or_insert_with(|| Waiting::until(super::shared::deadline(now, wait)))
@@ -268,7 +259,7 @@ where
                     Poll::Ready(Ok(Err(e))) => return Poll::Ready(Err(e)),
                     Poll::Ready(Err(_)) => return Poll::Ready(Err(Closed::new().into())),
                     Poll::Pending => {
-                        let wait = *this.wait;
+                        let wait = Duration::from_nanos(*this.wait);
                         let waiting = this.waiting.get_or_insert_with(|| {
                             Waiting::until(super::shared::deadline(Instant::now(), wait))
                         });
@@ -299,8 +290,8 @@ where
 impl<S: Service<Req>, Req> PinnedDrop for ResponseFuture<S, Req> {
     fn drop(self: Pin<&mut Self>) {
         let this = self.project();
-        if let Some(ticket) = this.ticket.take() {
-            release(this.handle, ticket);
+        if std::mem::take(this.holds) {
+            release(this.handle, *this.weight);
         }
         if matches!(*this.state, State::Queued(_)) && this.handle.shared.remove(*this.place) {
             this.handle
@@ -337,7 +328,7 @@ fn verdict(error: &BoxError) -> Verdict {
 }
 
 /// Gives back what an answered (or dropped) request held.
-fn release<S: Service<Req>, Req>(handle: &HandleState<S, Req>, ticket: Ticket) {
+fn release<S: Service<Req>, Req>(handle: &HandleState<S, Req>, weight: usize) {
     handle.answered();
-    handle.shared.release_weight(ticket.weight);
+    handle.shared.release_weight(weight);
 }
