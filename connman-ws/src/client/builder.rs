@@ -43,7 +43,8 @@ use crate::error::HttpRejected;
 /// | [`close_timeout`](Self::close_timeout) | 5 s |
 /// | [`request_timeout`](Self::request_timeout) | 30 s |
 ///
-/// Close codes: 1001, 1012 and 4200 reconnect after a random delay in `[0, come_back_within]`; 1008 and 4009 end the
+/// Close codes: 1001, 1012 and 4200 reconnect after a random delay in `[0, come_back_within]` (narrowed by the
+/// server's [`ComeBack`](connman_core::member::ComeBack) advice, if its reason carries one); 1008 and 4009 end the
 /// client; any other code goes to [`classify_close`](Self::classify_close) (default: reconnect with the backoff).
 /// Connect failures go to [`classify_connect`](Self::classify_connect) (default: an HTTP 401 or 403 answer to the
 /// handshake ends the client, anything else is retried).
@@ -167,7 +168,8 @@ impl<C> WsClientBuilder<C> {
         self
     }
 
-    /// After a close with 1001, 1012 or 4200, reconnect after a random delay in `[0, spread]`.
+    /// After a close with 1001, 1012 or 4200, reconnect after a random delay in `[0, spread]`, or in `[0, advice]`
+    /// when the close reason ends with a shorter [`ComeBack`](connman_core::member::ComeBack) advice.
     pub fn come_back_within(mut self, spread: Duration) -> Self {
         self.come_back = spread;
         self
