@@ -194,7 +194,11 @@ mod tests {
         for _ in 0..1000 {
             drop(barrier.join());
         }
-        assert!(barrier.current.len() < 2 * Barrier::FIRST_PRUNE + 2, "{}", barrier.current.len());
+        assert!(
+            barrier.current.len() < 2 * Barrier::FIRST_PRUNE + 2,
+            "{}",
+            barrier.current.len()
+        );
         assert!(kept.open().is_some());
     }
 }

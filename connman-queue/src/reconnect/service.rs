@@ -16,9 +16,9 @@ use tokio::time::Timeout;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tower_service::Service;
 
+use super::barrier::{Barrier, CallCounter};
 use super::config::{BoxBackoff, Classifier, ReconnectConfig};
 use super::error::{FatalConnect, GaveUp};
-use super::barrier::{Barrier, CallCounter};
 use super::future::ResponseFuture;
 use super::handle::{CloseHandle, Closer, ReconnectStats};
 use super::hook::{Identity, OnUp};
