@@ -140,6 +140,17 @@ mod tests {
 
     use super::*;
 
+    /// Ready once `barrier` has settled.
+    fn settled(barrier: &mut Barrier) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            if barrier.poll_settled(cx) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_lost_connection_settles_when_its_last_open_call_is_dropped() {
         let mut barrier = Barrier::new();
@@ -150,13 +161,7 @@ mod tests {
         barrier.lose(Duration::from_secs(1));
         // The idle handle holds only a weak count: it delays nothing, and it can no longer count a call.
         assert!(idle.open().is_none());
-        let mut settle = tokio_test::task::spawn(std::future::poll_fn(|cx| {
-            if barrier.poll_settled(cx) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        }));
+        let mut settle = tokio_test::task::spawn(settled(&mut barrier));
         assert!(settle.poll().is_pending());
         // One call of the busy handle is still open: no wake-up for nothing.
         drop(first);
@@ -173,13 +178,7 @@ mod tests {
         let handle = barrier.join();
         let _held = handle.open().expect("up");
         barrier.lose(Duration::from_secs(1));
-        let mut settle = tokio_test::task::spawn(std::future::poll_fn(|cx| {
-            if barrier.poll_settled(cx) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        }));
+        let mut settle = tokio_test::task::spawn(settled(&mut barrier));
         assert!(settle.poll().is_pending());
         tokio::time::advance(Duration::from_millis(999)).await;
         assert!(settle.poll().is_pending());
