@@ -27,7 +27,11 @@ use futures_util::task::AtomicWaker;
 use tokio::time::Sleep;
 
 /// The calls of one handle on one connection.
+///
+/// Aligned to two cache lines, so that the counts of handles on different threads (at the start of the `Arc`'s
+/// allocation) never share a line.
 #[derive(Debug)]
+#[repr(align(128))]
 pub(crate) struct Calls {
     /// Woken when these calls are all gone after the connection was lost.
     settled: Arc<AtomicWaker>,
