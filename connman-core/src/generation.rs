@@ -137,7 +137,8 @@ impl<T> Cached<T> {
         self.stamp.store(stamp.0, Ordering::Release);
     }
 
-    /// The answer, fresh or not: to tell which answer this is, never to hand it out.
+    /// The answer, fresh or not: to tell which answer this is, or to use it under the lock, where the reader makes
+    /// it true again before it renews the stamp. Never to hand it out without the lock when it is not fresh.
     pub fn value(&self) -> &T {
         &self.value
     }
