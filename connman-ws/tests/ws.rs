@@ -568,3 +568,28 @@ async fn a_close_the_peer_never_answers_ends_the_receiver_after_the_close_timeou
         );
     }
 }
+
+/// `WsConfig` accepts a ping interval and a close timeout near `Duration::MAX` (pings and the close wait in effect
+/// never end): the connection runs and closes instead of overflowing the clock.
+#[tokio::test(start_paused = true)]
+async fn ws_durations_near_duration_max_do_not_overflow() {
+    let far = WsConfig::builder()
+        .heartbeat(Some((Duration::MAX, Duration::from_secs(5))))
+        .close_timeout(Duration::MAX)
+        .build()
+        .expect("a valid config");
+    let (mut client, server) = pair(far, AcceptConfig::new(far)).await;
+    let (mut member, mut incoming) = server.split();
+    client.send(Bytes::from_static(b"hi")).await.unwrap();
+    let got = incoming.next().await.unwrap().unwrap();
+    assert_eq!(got, Received::Binary(Bytes::from_static(b"hi")));
+    member.send(Bytes::from_static(b"back")).await.unwrap();
+    let got = client.next().await.unwrap().unwrap();
+    assert_eq!(got, Received::Binary(Bytes::from_static(b"back")));
+    client.close(CloseCode::NORMAL, "done").await.unwrap();
+    assert!(matches!(
+        incoming.next().await,
+        Some(Ok(Received::Close(_)))
+    ));
+    assert!(matches!(client.next().await, Some(Ok(Received::Close(_)))));
+}
