@@ -636,3 +636,21 @@ async fn ws_client_ping_interval_near_duration_max_keeps_reading() {
     conn.send("two");
     assert_eq!(recv(&mut incoming).await, Message::from("two"));
 }
+
+/// An inbound capacity beyond what a channel can hold is a typed `InvalidConfig`, not a panic in `build`.
+#[tokio::test]
+async fn ws_client_inbound_capacity_beyond_a_channel_is_invalid_config() {
+    let (_net, transport) = Net::new();
+    let built = Net::client(transport).inbound_capacity(usize::MAX).build();
+    let Err(err) = built else {
+        panic!("usize::MAX messages accepted")
+    };
+    assert!(!err.reason().is_empty());
+    let (_net, transport) = Net::new();
+    assert!(
+        Net::client(transport)
+            .inbound_capacity(usize::MAX >> 3)
+            .build()
+            .is_ok()
+    );
+}
