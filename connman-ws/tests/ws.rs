@@ -593,3 +593,24 @@ async fn ws_durations_near_duration_max_do_not_overflow() {
     ));
     assert!(matches!(client.next().await, Some(Ok(Received::Close(_)))));
 }
+
+/// A read buffer or a message limit larger than a process can allocate is a typed `InvalidConfig`: tungstenite
+/// allocates the read buffer whole, and reserves a frame's declared length (up to the limit) as soon as its header
+/// arrives, so either would let the connection (or a peer's frame header) abort the process.
+#[test]
+fn ws_sizes_beyond_what_can_be_allocated_are_invalid_config() {
+    for builder in [
+        WsConfig::builder().read_buffer_size(usize::MAX - 5),
+        WsConfig::builder().max_message_size(usize::MAX),
+        WsConfig::builder().max_message_size(WsConfig::MAX_ALLOCATION + 1),
+    ] {
+        let err: InvalidConfig = builder.build().unwrap_err();
+        assert!(!err.reason().is_empty());
+    }
+    let largest = WsConfig::builder()
+        .read_buffer_size(WsConfig::MAX_ALLOCATION)
+        .max_message_size(WsConfig::MAX_ALLOCATION)
+        .build()
+        .expect("the bound itself is allowed");
+    assert_eq!(largest.max_message_size(), WsConfig::MAX_ALLOCATION);
+}
