@@ -696,11 +696,11 @@ where
                 if this.poll_flush_own(cx).is_pending() {
                     return Poll::Pending;
                 }
-                return Poll::Ready(
-                    this.peer_close
-                        .take()
-                        .map(|close| Ok(Received::Close(close))),
-                );
+                // The close ends the connection: whatever the peer sends after it is not read (RFC 6455 5.5.1),
+                // and the stream ends after yielding it.
+                let close = this.peer_close.take();
+                this.finish(None);
+                return Poll::Ready(close.map(|close| Ok(Received::Close(close))));
             }
             if this.beat != Beat::Closing && lock(&this.shared).close_sent {
                 this.await_close_reply(Instant::now());
