@@ -651,3 +651,38 @@ async fn ws_09_a_request_lost_with_its_link_is_maybe_delivered_or_replayed_when_
         .expect("answered on the next socket");
     assert_eq!(reply, Message::from("rep:2 done"));
 }
+
+/// The builder accepts a ping interval near `Duration::MAX` (pings in effect never): the socket's reader waits for
+/// it instead of overflowing the clock and dying, so messages still arrive.
+#[tokio::test(start_paused = true)]
+async fn ws_client_ping_interval_near_duration_max_keeps_reading() {
+    let (mut net, transport) = Net::new();
+    let (_client, mut incoming) = Net::client(transport)
+        .ping(Some((Duration::MAX, Duration::from_secs(5))))
+        .build()
+        .expect("client");
+    let conn = net.accept().await;
+    conn.send("one");
+    assert_eq!(recv(&mut incoming).await, Message::from("one"));
+    settle(Duration::from_secs(3600)).await;
+    conn.send("two");
+    assert_eq!(recv(&mut incoming).await, Message::from("two"));
+}
+
+/// An inbound capacity beyond what a channel can hold is a typed `InvalidConfig`, not a panic in `build`.
+#[tokio::test]
+async fn ws_client_inbound_capacity_beyond_a_channel_is_invalid_config() {
+    let (_net, transport) = Net::new();
+    let built = Net::client(transport).inbound_capacity(usize::MAX).build();
+    let Err(err) = built else {
+        panic!("usize::MAX messages accepted")
+    };
+    assert!(!err.reason().is_empty());
+    let (_net, transport) = Net::new();
+    assert!(
+        Net::client(transport)
+            .inbound_capacity(usize::MAX >> 3)
+            .build()
+            .is_ok()
+    );
+}

@@ -244,7 +244,8 @@ impl<C> WsClientBuilder<C> {
         self
     }
 
-    /// How many received messages wait for the reader (above zero).
+    /// How many received messages wait for the reader: above zero, and at most `usize::MAX >> 3` (the most a tokio
+    /// channel holds; memory is taken as messages arrive, not up front).
     pub fn inbound_capacity(mut self, capacity: usize) -> Self {
         self.inbound_capacity = capacity;
         self
@@ -319,6 +320,11 @@ impl<C> WsClientBuilder<C> {
         if self.inbound_capacity == 0 {
             return Err(InvalidConfig::new("inbound capacity must be above zero"));
         }
+        if self.inbound_capacity > MAX_INBOUND_CAPACITY {
+            return Err(InvalidConfig::new(
+                "inbound capacity must be at most usize::MAX >> 3",
+            ));
+        }
         let (inbound, incoming) = mpsc::channel(self.inbound_capacity);
         let ping_timeout = self
             .heartbeat
@@ -382,6 +388,10 @@ impl<C: fmt::Debug> fmt::Debug for WsClientBuilder<C> {
             .finish_non_exhaustive()
     }
 }
+
+/// The most messages a tokio channel can hold (its semaphore's bound): a larger capacity would panic in
+/// `mpsc::channel`.
+const MAX_INBOUND_CAPACITY: usize = usize::MAX >> 3;
 
 /// 100 ms doubling to 10 s, full jitter, never giving up.
 fn default_backoff() -> Exponential {
