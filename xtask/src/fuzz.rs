@@ -5,6 +5,8 @@
 //! instrumentation cargo-fuzz uses and no sanitizer (connman forbids `unsafe`, so the memory errors AddressSanitizer
 //! finds cannot start in our code; building without it keeps the CI step short). Each target starts from its committed
 //! corpus in `fuzz/corpus/<target>` and runs for N seconds (default 10; CI runs 5, a long run is `--seconds 300`).
+//! The inputs it finds go to `fuzz/target/corpus/<target>` (ignored by git, kept between runs so that long runs build
+//! on each other), never into the committed corpus: promote one by copying it there.
 //! It prints the executions of each target, and fails on a crash, a hang or a leak, with the input left in
 //! `fuzz/artifacts/<target>/` and the command that replays it. `cargo fuzz run <target>` works on the same crate too.
 //!
@@ -172,8 +174,10 @@ fn fuzz(target: &str, seconds: u64, sanitizer: Option<&str>) -> Result<u64, Stri
     eprintln!("\n==> fuzz {target}");
     let dir = root().join("fuzz");
     let corpus = dir.join("corpus").join(target);
+    // libFuzzer writes what it finds into the first corpus folder and only reads the others.
+    let found = dir.join("target").join("corpus").join(target);
     let artifacts = dir.join("artifacts").join(target);
-    for d in [&corpus, &artifacts] {
+    for d in [&corpus, &found, &artifacts] {
         std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
     }
     let binary = target_dir(sanitizer)
@@ -181,6 +185,7 @@ fn fuzz(target: &str, seconds: u64, sanitizer: Option<&str>) -> Result<u64, Stri
         .join("release")
         .join(target);
     let out = Command::new(&binary)
+        .arg(&found)
         .arg(&corpus)
         .arg(format!("-artifact_prefix={}/", artifacts.display()))
         .arg(format!("-max_total_time={seconds}"))
