@@ -9,6 +9,7 @@
 //! * [`driver`]: the one async driver of that machine (clock, waits, events), generic over a [`rt::Timer`].
 //! * [`rt`]: the runtime behind small traits; feature `tokio` adds `rt::tokio::TokioTimer`.
 //! * [`refhandle`]: handles that count their holders and tell the owner when the last one is gone.
+//! * [`generation`]: a generation that tells a remembered answer whether it still holds, for lock-free cached lookups.
 //! * [`transport`]: how to connect, as any `tower_service::Service<Target>`.
 //! * [`heartbeat`]: the rule every heartbeat schedule follows (the answer is due before the next ping).
 //! * [`outcome`]: [`Outcome::of`](outcome::Outcome::of) names what became of a request from its error.
@@ -45,6 +46,7 @@
 pub mod backoff;
 pub mod driver;
 pub mod error;
+pub mod generation;
 pub mod heartbeat;
 pub mod lifecycle;
 pub mod member;

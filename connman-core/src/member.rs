@@ -184,9 +184,115 @@ impl fmt::Display for CloseCode {
 /// A message: encoded once, shared by every member it goes to.
 pub type Message = Bytes;
 
+/// A server's advice, carried in a close reason, on how soon its client should come back: within this long.
+///
+/// A close with "come back" code (1001, 1012, 4200) makes a reconnecting client wait a random delay before it comes
+/// back, so that the clients of a server that closes them all at once do not all arrive at the next server at once.
+/// When the server already spreads its closes out (a paced drain), that wait only adds noise to a pace the operator
+/// chose: the server then says so at the end of the reason, as `come back within <n> ms`, and a client that knows the
+/// advice waits at most that long (and never longer than its own bound). A client that does not know it sees a
+/// readable reason. Close reasons are limited to 123 bytes; the advice adds at most 42.
+///
+/// ```
+/// use connman_core::member::ComeBack;
+/// use std::time::Duration;
+///
+/// let reason = ComeBack::within(Duration::ZERO).advise("server closing, reconnect shortly");
+/// assert_eq!(reason, "server closing, reconnect shortly; come back within 0 ms");
+/// assert_eq!(ComeBack::parse(&reason), Some(ComeBack::within(Duration::ZERO)));
+/// assert_eq!(ComeBack::parse("server closing, reconnect shortly"), None);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ComeBack {
+    within: std::time::Duration,
+}
+
+impl ComeBack {
+    const PREFIX: &'static str = "come back within ";
+    const UNIT: &'static str = " ms";
+
+    /// Advice to come back within `within` (counted in whole milliseconds).
+    pub const fn within(within: std::time::Duration) -> Self {
+        Self {
+            within: std::time::Duration::from_millis(within.as_millis() as u64),
+        }
+    }
+
+    /// How soon to come back.
+    pub const fn get(self) -> std::time::Duration {
+        self.within
+    }
+
+    /// `reason` with this advice at its end.
+    pub fn advise(self, reason: &str) -> String {
+        if reason.is_empty() {
+            self.to_string()
+        } else {
+            format!("{reason}; {self}")
+        }
+    }
+
+    /// The advice at the end of a close reason, if there is one.
+    pub fn parse(reason: &str) -> Option<Self> {
+        let rest = reason.strip_suffix(Self::UNIT)?;
+        let at = rest.rfind(Self::PREFIX)?;
+        let before = &rest[..at];
+        if !(before.is_empty() || before.ends_with("; ")) {
+            return None;
+        }
+        let digits = &rest[at + Self::PREFIX.len()..];
+        if digits.is_empty() || digits.len() > 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let millis = digits.parse::<u64>().ok()?;
+        Some(Self {
+            within: std::time::Duration::from_millis(millis),
+        })
+    }
+}
+
+impl fmt::Display for ComeBack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}{}{}",
+            Self::PREFIX,
+            self.within.as_millis(),
+            Self::UNIT
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn come_back_advice_round_trips_and_rejects_lookalikes() {
+        use std::time::Duration;
+        for ms in [0, 1, 250, 2_000, u64::MAX] {
+            let advice = ComeBack::within(Duration::from_millis(ms));
+            for reason in ["", "bye", "a; b"] {
+                let text = advice.advise(reason);
+                assert!(text.len() <= reason.len() + 42, "{text}");
+                assert_eq!(ComeBack::parse(&text), Some(advice), "{text:?}");
+            }
+        }
+        for reason in [
+            "come back within ms",
+            "come back within -1 ms",
+            "come back within 1s",
+            "xcome back within 5 ms",
+            "come back within 99999999999999999999999 ms",
+            "come back within 5 ms please",
+        ] {
+            assert_eq!(ComeBack::parse(reason), None, "{reason:?}");
+        }
+        assert_eq!(
+            ComeBack::within(Duration::from_micros(1_999_999)).get(),
+            Duration::from_millis(1_999)
+        );
+    }
 
     #[test]
     fn ss_04_close_codes_and_meanings() {

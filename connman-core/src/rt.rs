@@ -2,8 +2,8 @@
 //!
 //! The [`Driver`](crate::driver::Driver) of a [`Lifecycle`](crate::Lifecycle) reads the time and waits through a
 //! [`Timer`]; this crate implements none for a runtime by default, so it builds without one. The `tokio` feature adds
-//! [`TokioTimer`](self::tokio::TokioTimer), which follows tokio's clock (so paused time in tests) and is what every
-//! connman runtime crate uses.
+//! `rt::tokio::TokioTimer`, which follows tokio's clock (so paused time in tests) and is what every connman runtime
+//! crate uses.
 //!
 //! A timer for a test or another runtime is a few lines:
 //!

@@ -301,7 +301,7 @@ async fn ss_04_drain_closes_with_4200_reconnect_shortly_by_default() {
         peer.recv().await,
         Some(Frame::Close(
             CloseCode::RECONNECT,
-            "server closing, reconnect shortly".into()
+            "server closing, reconnect shortly; come back within 0 ms".into()
         ))
     );
 
@@ -312,7 +312,23 @@ async fn ss_04_drain_closes_with_4200_reconnect_shortly_by_default() {
         .unwrap()
         .with_code(CloseCode::RESTART)
         .with_reason("restart");
-    group.drain(config).unwrap().await;
+    group.drain(config.clone()).unwrap().await;
+    assert_eq!(
+        peer.recv().await,
+        Some(Frame::Close(
+            CloseCode::RESTART,
+            "restart; come back within 0 ms".into()
+        ))
+    );
+
+    // Without advice, the reason is the one given.
+    let group = Group::new();
+    let (member, mut peer) = channel(4);
+    group.add("ns", "1", member).unwrap();
+    group
+        .drain(config.without_come_back_advice())
+        .unwrap()
+        .await;
     assert_eq!(
         peer.recv().await,
         Some(Frame::Close(CloseCode::RESTART, "restart".into()))

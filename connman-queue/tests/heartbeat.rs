@@ -272,3 +272,23 @@ async fn dropping_the_connection_stops_the_pinger() {
     // Only this test's handle is left: the pinger let go of its clone of the connection.
     assert_eq!(Arc::strong_count(&peer), 1);
 }
+
+/// The builder accepts an interval near `Duration::MAX` (pings in effect never): the pinger waits instead of
+/// overflowing the clock on its first deadline and dying.
+#[tokio::test(start_paused = true)]
+async fn heartbeat_interval_near_duration_max_keeps_the_pinger() {
+    let peer = peer();
+    let config = HeartbeatConfig::builder()
+        .interval(Duration::MAX)
+        .timeout(secs(5))
+        .build()
+        .expect("a valid schedule");
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    let mut hb = layer(config).wrap(FakeConn(peer.clone()));
+    tokio::time::sleep(secs(3600)).await;
+    assert_eq!(metrics.num_alive_tasks(), before + 1, "the pinger died");
+    ready(&mut hb).await.expect("alive");
+    assert!(!hb.is_dead());
+    assert_eq!(peer.pings.load(Ordering::SeqCst), 0);
+}

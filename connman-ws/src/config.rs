@@ -64,6 +64,11 @@ impl WsConfig {
     /// Largest incoming message: 1 MiB (tungstenite: 64 MiB; the `ws` package of Node.js: 100 MiB). A larger one
     /// closes the connection with 1009.
     pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1024 * 1024;
+    /// The largest read buffer and the largest message size accepted: 1 GiB. Both are allocated whole: the read
+    /// buffer when the connection opens, and a frame's declared length (up to the message size) as soon as its header
+    /// arrives, before its payload. Above this, a peer's frame header alone could ask for more memory than a
+    /// process can get.
+    pub const MAX_ALLOCATION: usize = 1 << 30;
     /// Ping every 25 s (socket.io's `pingInterval`).
     pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(25);
     /// Close with 4201 if no frame arrives within 20 s of a ping (socket.io's `pingTimeout`).
@@ -163,7 +168,7 @@ pub struct WsConfigBuilder {
 }
 
 impl WsConfigBuilder {
-    /// Read buffer per connection, in bytes (at least 1).
+    /// Read buffer per connection, in bytes: at least 1, at most [`WsConfig::MAX_ALLOCATION`].
     pub const fn read_buffer_size(mut self, bytes: usize) -> Self {
         self.config.read_buffer_size = bytes;
         self
@@ -181,7 +186,8 @@ impl WsConfigBuilder {
         self
     }
 
-    /// Largest incoming message, and largest incoming frame, in bytes (at least 1).
+    /// Largest incoming message, and largest incoming frame, in bytes: at least 1, at most
+    /// [`WsConfig::MAX_ALLOCATION`].
     pub const fn max_message_size(mut self, bytes: usize) -> Self {
         self.config.max_message_size = bytes;
         self.config.max_frame_size = bytes;
@@ -226,6 +232,13 @@ impl WsConfigBuilder {
         }
         if c.max_message_size == 0 {
             return Err(InvalidConfig::new("max message size must be at least 1"));
+        }
+        if c.read_buffer_size > WsConfig::MAX_ALLOCATION
+            || c.max_message_size > WsConfig::MAX_ALLOCATION
+        {
+            return Err(InvalidConfig::new(
+                "read buffer and max message size must be at most 1 GiB",
+            ));
         }
         if c.handshake_timeout.is_zero() || c.close_timeout.is_zero() {
             return Err(InvalidConfig::new("timeouts must be above zero"));

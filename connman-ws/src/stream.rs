@@ -485,7 +485,7 @@ where
     fn new(shared: Arc<Mutex<Shared<IO>>>, config: &WsConfig) -> Self {
         let now = Instant::now();
         let (beat, deadline) = match config.heartbeat() {
-            Some((interval, _)) => (Beat::Idle, now + interval),
+            Some((interval, _)) => (Beat::Idle, later(now, interval)),
             None => (Beat::Off, now),
         };
         Self {
@@ -529,7 +529,7 @@ where
                 }
                 drop(shared);
                 self.beat = Beat::Awaiting { sent: now };
-                self.timer.as_mut().reset(now + timeout);
+                self.timer.as_mut().reset(later(now, timeout));
             }
             Beat::Awaiting { .. } => self.fail(PongTimeout::new(timeout).into()),
             // The peer did not answer our close in time: the connection is over.
@@ -542,14 +542,14 @@ where
     fn await_close_reply(&mut self, now: Instant) {
         self.beat = Beat::Closing;
         self.ping_unflushed = false;
-        self.timer.as_mut().reset(now + self.close_timeout);
+        self.timer.as_mut().reset(later(now, self.close_timeout));
     }
 
     /// Something arrived from the peer: it is alive.
     fn on_traffic(&mut self) {
         if let (Beat::Awaiting { sent }, Some((interval, _))) = (self.beat, self.heartbeat) {
             self.beat = Beat::Idle;
-            self.timer.as_mut().reset(sent + interval);
+            self.timer.as_mut().reset(later(sent, interval));
         }
     }
 
@@ -572,7 +572,7 @@ where
         self.end = End::Flushing;
         self.timer
             .as_mut()
-            .reset(Instant::now() + self.close_timeout);
+            .reset(later(Instant::now(), self.close_timeout));
     }
 
     /// Shuts the sending side down (within the close timeout), then ends, yielding `err` if there is one.
@@ -583,7 +583,7 @@ where
         self.end = End::ShuttingDown;
         self.timer
             .as_mut()
-            .reset(Instant::now() + self.close_timeout);
+            .reset(later(Instant::now(), self.close_timeout));
     }
 
     fn poll_flush_own(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
@@ -696,11 +696,11 @@ where
                 if this.poll_flush_own(cx).is_pending() {
                     return Poll::Pending;
                 }
-                return Poll::Ready(
-                    this.peer_close
-                        .take()
-                        .map(|close| Ok(Received::Close(close))),
-                );
+                // The close ends the connection: whatever the peer sends after it is not read (RFC 6455 5.5.1),
+                // and the stream ends after yielding it.
+                let close = this.peer_close.take();
+                this.finish(None);
+                return Poll::Ready(close.map(|close| Ok(Received::Close(close))));
             }
             if this.beat != Beat::Closing && lock(&this.shared).close_sent {
                 this.await_close_reply(Instant::now());
@@ -843,6 +843,15 @@ fn write_error(err: WsError) -> BoxError {
 }
 
 /// Maps an error on the receiving path.
+/// `at + by`, or a point about 30 years later if that is past what an instant can hold: a timeout or interval near
+/// `Duration::MAX` (which [`WsConfig`] accepts) means "not in this process's lifetime", never an overflow.
+pub(crate) fn later(at: Instant, by: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
+    at.checked_add(by)
+        .or_else(|| at.checked_add(FAR))
+        .unwrap_or(at)
+}
+
 fn read_error(err: WsError) -> BoxError {
     match err {
         WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {

@@ -281,6 +281,11 @@ async fn ws_09_a_send_that_waits_too_long_is_elapsed_and_never_sent() {
 
 /// Closes with `code`; gives the delay until the client connected again.
 async fn come_back_delay(code: u16, spread: Duration) -> Duration {
+    come_back_delay_with(code, "", spread).await
+}
+
+/// Closes with `code` and `reason`; gives the delay until the client connected again.
+async fn come_back_delay_with(code: u16, reason: &'static str, spread: Duration) -> Duration {
     let (mut net, transport) = Net::new();
     let (client, _incoming) = Net::client(transport)
         .come_back_within(spread)
@@ -290,7 +295,7 @@ async fn come_back_delay(code: u16, spread: Duration) -> Duration {
     let conn = net.accept().await;
     wait_up(&mut state).await;
     let closed_at = Instant::now();
-    conn.close(code, "");
+    conn.close(code, reason);
     let _again = net.accept().await;
     let connects = net.connects();
     assert_eq!(connects.len(), 2);
@@ -315,6 +320,33 @@ async fn ws_10_come_back_codes_reconnect_after_a_jittered_delay() {
     let min = delays.iter().min().copied().unwrap_or_default();
     let max = delays.iter().max().copied().unwrap_or_default();
     assert!(max - min > Duration::from_secs(3), "{delays:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn ws_10_the_servers_come_back_advice_narrows_the_delay_and_never_widens_it() {
+    let spread = Duration::from_secs(10);
+    let slack = Duration::from_millis(1);
+    // A paced drain advises zero: its closes are spread already, so the client comes straight back.
+    for code in [1001, 1012, 4200] {
+        let delay = come_back_delay_with(
+            code,
+            "server closing, reconnect shortly; come back within 0 ms",
+            spread,
+        )
+        .await;
+        assert!(delay <= slack, "{code}: {delay:?}");
+    }
+    // A narrower advice bounds the random delay.
+    for _ in 0..8 {
+        let delay = come_back_delay_with(4200, "come back within 500 ms", spread).await;
+        assert!(delay <= Duration::from_millis(500) + slack, "{delay:?}");
+    }
+    // A wider one never takes the client past its own bound.
+    for _ in 0..8 {
+        let delay =
+            come_back_delay_with(4200, "come back within 60000 ms", Duration::from_secs(1)).await;
+        assert!(delay <= Duration::from_secs(1) + slack, "{delay:?}");
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -618,4 +650,39 @@ async fn ws_09_a_request_lost_with_its_link_is_maybe_delivered_or_replayed_when_
         .expect("task")
         .expect("answered on the next socket");
     assert_eq!(reply, Message::from("rep:2 done"));
+}
+
+/// The builder accepts a ping interval near `Duration::MAX` (pings in effect never): the socket's reader waits for
+/// it instead of overflowing the clock and dying, so messages still arrive.
+#[tokio::test(start_paused = true)]
+async fn ws_client_ping_interval_near_duration_max_keeps_reading() {
+    let (mut net, transport) = Net::new();
+    let (_client, mut incoming) = Net::client(transport)
+        .ping(Some((Duration::MAX, Duration::from_secs(5))))
+        .build()
+        .expect("client");
+    let conn = net.accept().await;
+    conn.send("one");
+    assert_eq!(recv(&mut incoming).await, Message::from("one"));
+    settle(Duration::from_secs(3600)).await;
+    conn.send("two");
+    assert_eq!(recv(&mut incoming).await, Message::from("two"));
+}
+
+/// An inbound capacity beyond what a channel can hold is a typed `InvalidConfig`, not a panic in `build`.
+#[tokio::test]
+async fn ws_client_inbound_capacity_beyond_a_channel_is_invalid_config() {
+    let (_net, transport) = Net::new();
+    let built = Net::client(transport).inbound_capacity(usize::MAX).build();
+    let Err(err) = built else {
+        panic!("usize::MAX messages accepted")
+    };
+    assert!(!err.reason().is_empty());
+    let (_net, transport) = Net::new();
+    assert!(
+        Net::client(transport)
+            .inbound_capacity(usize::MAX >> 3)
+            .build()
+            .is_ok()
+    );
 }

@@ -568,3 +568,104 @@ async fn a_close_the_peer_never_answers_ends_the_receiver_after_the_close_timeou
         );
     }
 }
+
+/// `WsConfig` accepts a ping interval and a close timeout near `Duration::MAX` (pings and the close wait in effect
+/// never end): the connection runs and closes instead of overflowing the clock.
+#[tokio::test(start_paused = true)]
+async fn ws_durations_near_duration_max_do_not_overflow() {
+    let far = WsConfig::builder()
+        .heartbeat(Some((Duration::MAX, Duration::from_secs(5))))
+        .close_timeout(Duration::MAX)
+        .build()
+        .expect("a valid config");
+    let (mut client, server) = pair(far, AcceptConfig::new(far)).await;
+    let (mut member, mut incoming) = server.split();
+    client.send(Bytes::from_static(b"hi")).await.unwrap();
+    let got = incoming.next().await.unwrap().unwrap();
+    assert_eq!(got, Received::Binary(Bytes::from_static(b"hi")));
+    member.send(Bytes::from_static(b"back")).await.unwrap();
+    let got = client.next().await.unwrap().unwrap();
+    assert_eq!(got, Received::Binary(Bytes::from_static(b"back")));
+    client.close(CloseCode::NORMAL, "done").await.unwrap();
+    assert!(matches!(
+        incoming.next().await,
+        Some(Ok(Received::Close(_)))
+    ));
+    assert!(matches!(client.next().await, Some(Ok(Received::Close(_)))));
+}
+
+/// A read buffer or a message limit larger than a process can allocate is a typed `InvalidConfig`: tungstenite
+/// allocates the read buffer whole, and reserves a frame's declared length (up to the limit) as soon as its header
+/// arrives, so either would let the connection (or a peer's frame header) abort the process.
+#[test]
+fn ws_sizes_beyond_what_can_be_allocated_are_invalid_config() {
+    for builder in [
+        WsConfig::builder().read_buffer_size(usize::MAX - 5),
+        WsConfig::builder().max_message_size(usize::MAX),
+        WsConfig::builder().max_message_size(WsConfig::MAX_ALLOCATION + 1),
+    ] {
+        let err: InvalidConfig = builder.build().unwrap_err();
+        assert!(!err.reason().is_empty());
+    }
+    let largest = WsConfig::builder()
+        .read_buffer_size(WsConfig::MAX_ALLOCATION)
+        .max_message_size(WsConfig::MAX_ALLOCATION)
+        .build()
+        .expect("the bound itself is allowed");
+    assert_eq!(largest.max_message_size(), WsConfig::MAX_ALLOCATION);
+}
+
+/// The peer's close ends the stream: a frame the peer sends after it (here an oversized one) is never read, so the
+/// owner sees the close and then the end, never an error after the close.
+#[tokio::test(start_paused = true)]
+async fn ws_nothing_is_read_after_the_peers_close() {
+    let (a, mut b) = duplex(64 * 1024);
+    let server = tokio::spawn(async move {
+        let mut request = Vec::new();
+        while !request.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            b.read_exact(&mut byte).await.unwrap();
+            request.push(byte[0]);
+        }
+        let request = String::from_utf8(request).unwrap();
+        let key = request
+            .lines()
+            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+            .or_else(|| {
+                request
+                    .lines()
+                    .find_map(|l| l.strip_prefix("sec-websocket-key: "))
+            })
+            .unwrap();
+        let accept = connman_ws::tungstenite::handshake::derive_accept_key(key.trim().as_bytes());
+        let answer = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {accept}\r\n\r\n"
+        );
+        b.write_all(answer.as_bytes()).await.unwrap();
+        // A close (1000), then a binary frame that claims 1 MiB + 1.
+        b.write_all(&[0x88, 0x02, 0x03, 0xe8]).await.unwrap();
+        b.write_all(&[0x82, 0x7f, 0, 0, 0, 0, 0, 0x10, 0, 0x01])
+            .await
+            .unwrap();
+        // Keep the pipe open until the client is done.
+        let mut rest = Vec::new();
+        let _ = b.read_to_end(&mut rest).await;
+    });
+    let mut client = duplex_connector(a, config())
+        .oneshot("ws://test.invalid/")
+        .await
+        .unwrap();
+    let close = client.next().await.unwrap().unwrap();
+    assert_eq!(
+        close,
+        Received::Close(Some(PeerClose {
+            code: CloseCode::NORMAL,
+            reason: String::new(),
+        }))
+    );
+    let after = client.next().await;
+    assert!(after.is_none(), "read after the close: {after:?}");
+    drop(client);
+    server.await.unwrap();
+}

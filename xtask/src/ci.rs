@@ -127,33 +127,76 @@ fn count(summary: &str, what: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The loom models of connman-core, in their own target dir (the `loom` cfg rebuilds everything it touches).
+/// The modules of connman-core whose loom models the loom step runs; a module none of whose models ran fails it.
+const LOOM_MODELS: [&str; 2] = ["refhandle::loom_tests::", "generation::loom_tests::"];
+
+/// The loom models of connman-core, in their own target dir (the `loom` cfg rebuilds everything it touches): the
+/// shared handle's count, and the registry's generation and cached `get` (`connman_core::generation`).
 ///
 /// Only the runtime-free core is built under `--cfg loom`: tokio reads that cfg too and cannot be built with it as a
-/// dependency. The crates above the core synchronise through tokio's own primitives, which tokio model-checks itself.
+/// dependency. The crates above the core synchronise through tokio's own primitives, which tokio model-checks itself,
+/// and through core types modelled here.
 fn loom() -> Result<(), String> {
+    const STEP: &str = "loom models of connman-core";
+    eprintln!("\n==> {STEP}");
     let target = crate::root().join("target").join("loom");
-    step(
-        "loom models of connman-core",
-        cargo()
-            .args([
-                "test",
-                "-p",
-                "connman-core",
-                "--lib",
-                "--release",
-                "--locked",
-                "loom",
-            ])
-            .env("RUSTFLAGS", "--cfg loom")
-            .env("LOOM_MAX_PREEMPTIONS", "2")
-            .env("CARGO_TARGET_DIR", &target),
-    )
+    let mut child = cargo()
+        .args([
+            "test",
+            "-p",
+            "connman-core",
+            "--lib",
+            "--release",
+            "--locked",
+            "loom",
+        ])
+        .env("RUSTFLAGS", "--cfg loom")
+        .env("LOOM_MAX_PREEMPTIONS", "2")
+        .env("CARGO_TARGET_DIR", &target)
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{STEP}: cannot start: {e}"))?;
+    let mut output = String::new();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("{line}");
+            output.push_str(&line);
+            output.push('\n');
+        }
+    }
+    let status = child.wait().map_err(|e| format!("{STEP}: {e}"))?;
+    if !status.success() {
+        return Err(format!("{STEP}: failed ({status})"));
+    }
+    match missing_model(&output) {
+        Some(module) => Err(format!("{STEP}: no model of {module} ran")),
+        None => Ok(()),
+    }
+}
+
+/// The first of [`LOOM_MODELS`] with no passing test in libtest's `output`.
+fn missing_model(output: &str) -> Option<&'static str> {
+    LOOM_MODELS.into_iter().find(|module| {
+        !output
+            .lines()
+            .any(|l| l.starts_with("test ") && l.contains(module) && l.ends_with(" ... ok"))
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::count;
+    use super::{count, missing_model};
+
+    #[test]
+    fn the_loom_step_notices_a_module_whose_models_did_not_run() {
+        let both = "test refhandle::loom_tests::clone_racing_the_last_drop ... ok\n\
+                    test generation::loom_tests::loom_x ... ok\n";
+        assert_eq!(missing_model(both), None);
+        let one = "test refhandle::loom_tests::clone_racing_the_last_drop ... ok\n\
+                   test generation::loom_tests::loom_x ... FAILED\n";
+        assert_eq!(missing_model(one), Some("generation::loom_tests::"));
+        assert_eq!(missing_model(""), Some("refhandle::loom_tests::"));
+    }
 
     #[test]
     fn counts_libtest_summaries() {

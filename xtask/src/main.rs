@@ -5,7 +5,8 @@
 //!   quick smoke run of the benchmarks.
 //! * `cargo xtask demo [--seconds N]`: the flaky-network demo (the README's first command).
 //! * `cargo xtask bench [--quick] [NAME]`: the benchmarks against their peers; writes `BENCHMARKS.md`.
-//! * `cargo xtask fuzz [--seconds N] [TARGET]`: the fuzz targets of `fuzz/` on the nightly toolchain (10 s each by default).
+//! * `cargo xtask fuzz [--seconds N] [--sanitizer address] [TARGET]`: the fuzz targets of `fuzz/` on the nightly
+//!   toolchain (10 s each by default); `--sanitizer address` is the long mode with AddressSanitizer (60 s each).
 //! * `cargo xtask sim [--seeds N] [--first K] [--release]`: the simulated-network test over many seeds (long mode).
 //! * `cargo xtask soak [--connections N] [--seconds S]`: thousands of connections for minutes with server bounces;
 //!   fails on a leak of memory, file descriptors or tasks (outside CI).
@@ -36,7 +37,7 @@ fn main() -> ExitCode {
         Some("soak") => soak::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | demo [--seconds N] | bench [--quick] [NAME] | fuzz [--seconds N] [TARGET] | sim [--seeds N] [--first K] | soak [--connections N] [--seconds S] | peers | tidy>"
+                "usage: cargo xtask <ci | demo [--seconds N] | bench [--quick] [NAME] | fuzz [--seconds N] [--sanitizer address] [TARGET] | sim [--seeds N] [--first K] | soak [--connections N] [--seconds S] | peers | tidy>"
             );
             return ExitCode::from(2);
         }

@@ -81,7 +81,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use connman_core::error::{Draining as DrainingError, InvalidConfig};
-use connman_core::member::CloseCode;
+use connman_core::member::{CloseCode, ComeBack};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::watch;
@@ -112,6 +112,7 @@ pub struct DrainConfig {
     pace: Pace,
     code: CloseCode,
     reason: String,
+    come_back: Option<ComeBack>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -151,6 +152,43 @@ impl DrainConfig {
         self
     }
 
+    /// Advises each closed member's client to come back within `within` (default: at once, zero).
+    ///
+    /// The drain already spreads its closes out at the pace it was given, so by default it tells the clients so:
+    /// the close reason ends with [`ComeBack`] advice of zero, and a connman `WsClient` then comes back as soon as it
+    /// is closed instead of after its own random delay, and the next server sees the drain's pace instead of that
+    /// pace blurred by random delays. Other clients see a readable reason. A longer advice widens the spread; the
+    /// client never waits longer than its own bound.
+    ///
+    /// ```
+    /// use connman_pool::drain::DrainConfig;
+    /// use std::time::Duration;
+    ///
+    /// let drain = DrainConfig::max_per_second(500).unwrap();
+    /// assert_eq!(drain.close_reason(), "server closing, reconnect shortly; come back within 0 ms");
+    /// let wider = drain.come_back_within(Duration::from_secs(1));
+    /// assert_eq!(wider.close_reason(), "server closing, reconnect shortly; come back within 1000 ms");
+    /// assert_eq!(wider.without_come_back_advice().close_reason(), "server closing, reconnect shortly");
+    /// ```
+    pub fn come_back_within(mut self, within: Duration) -> Self {
+        self.come_back = Some(ComeBack::within(within));
+        self
+    }
+
+    /// Gives no come-back advice: each client waits as its own settings say.
+    pub fn without_come_back_advice(mut self) -> Self {
+        self.come_back = None;
+        self
+    }
+
+    /// The reason each close carries: the reason with the come-back advice, if any, at its end.
+    pub fn close_reason(&self) -> String {
+        match self.come_back {
+            Some(advice) => advice.advise(&self.reason),
+            None => self.reason.clone(),
+        }
+    }
+
     /// The `max_per_second` of a paced drain; `None` for one spread [`over`](DrainConfig::over) a window.
     pub fn get_max_per_second(&self) -> Option<u32> {
         match self.pace {
@@ -174,6 +212,7 @@ impl DrainConfig {
             pace,
             code: CloseCode::RECONNECT,
             reason: "server closing, reconnect shortly".to_owned(),
+            come_back: Some(ComeBack::within(Duration::ZERO)),
         }
     }
 
@@ -357,6 +396,7 @@ async fn run(
     let window = config
         .per_second()
         .map(|max_per_second| max_per_second.min(total.max(1)));
+    let reason = config.close_reason();
     let mut recent: VecDeque<Instant> = VecDeque::with_capacity(window.unwrap_or(0));
     let due = |next: usize, started: u64, recent: &VecDeque<Instant>| {
         let scheduled = config.due(start, next, started, total);
@@ -372,8 +412,7 @@ async fn run(
         while next < total && due(next, started, &recent) <= now {
             let member = &members[next];
             next += 1;
-            let Ok(closing) =
-                group.close(&member.namespace, &member.id, config.code, &config.reason)
+            let Ok(closing) = group.close(&member.namespace, &member.id, config.code, &reason)
             else {
                 // It left the group by itself meanwhile.
                 state.closed += 1;

@@ -2,10 +2,11 @@
 //! namespace seen from one scope, with the cache that answers a repeated `get`.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use connman_core::error::{BoxError, Closed, Duplicate, InvalidConfig, NotFound};
+use connman_core::generation::{Cached, Stamp};
 use connman_core::lifecycle::Event;
 use connman_core::rt::tokio::Publish;
 use tokio::sync::{broadcast, watch};
@@ -146,26 +147,26 @@ pub struct Manager<C, K, D> {
     scope: Arc<ScopeCell<C, K, D>>,
 }
 
-/// What a successful `get` found, valid while the scope's generation is `generation`.
-struct Held<C, K, D> {
+/// What a successful `get` found, stamped with the scope's generation read under the entry's lock while the scope
+/// held it: fresh while that generation is still there.
+type Held<C, K, D> = Cached<Found<C, K, D>>;
+
+struct Found<C, K, D> {
     entry: Arc<Entry<C, K, D>>,
     id: Box<str>,
     credentials: K,
     client: Client<C, K>,
-    generation: AtomicU64,
 }
 
-impl<C, K: PartialEq, D> Held<C, K, D> {
-    /// Whether this is the answer to a `get` of `id` with `credentials` while the scope is at `generation`.
-    fn answers(&self, generation: u64, id: &str, credentials: &K) -> bool {
-        self.generation.load(Ordering::Acquire) == generation
-            && *self.id == *id
-            && self.credentials == *credentials
+impl<C, K: PartialEq, D> Found<C, K, D> {
+    /// Whether this answers a `get` of `id` with `credentials`.
+    fn answers(&self, id: &str, credentials: &K) -> bool {
+        *self.id == *id && self.credentials == *credentials
     }
 
     /// Whether this found `entry` under `id` with `credentials`.
     fn is(&self, entry: &Arc<Entry<C, K, D>>, id: &str, credentials: &K) -> bool {
-        Arc::ptr_eq(&self.entry, entry) && *self.id == *id && self.credentials == *credentials
+        Arc::ptr_eq(&self.entry, entry) && self.answers(id, credentials)
     }
 }
 
@@ -261,7 +262,7 @@ impl<C, K, D> Manager<C, K, D> {
         id: &str,
         f: impl FnOnce(&Arc<Entry<C, K, D>>, &mut EntryState<C, K, D>) -> R,
     ) -> Option<R> {
-        if let Some(first) = self.first.get()
+        if let Some(first) = self.first.get().map(Cached::value)
             && *first.id == *id
         {
             let mut state = first.entry.lock();
@@ -317,8 +318,8 @@ where
     /// allocates nothing.
     pub fn get(&self, id: &str, credentials: &K) -> Get<C, K> {
         let generation = self.scope.generation();
-        if let Some(first) = self.first.get()
-            && first.answers(generation, id, credentials)
+        if let Some(first) = self.first.get().and_then(|first| first.fresh(generation))
+            && first.answers(id, credentials)
         {
             return Get::Found(first.client.clone());
         }
@@ -332,7 +333,7 @@ where
             if state.credentials != *credentials {
                 return Get::Mismatch;
             }
-            let reuse = self.first.get().map(|first| &first.client);
+            let reuse = self.first.get().map(|first| &first.value().client);
             let client = entry.hold(state, &self.scope, reuse);
             // Read with the entry locked while the scope holds it: until the generation moves, it still does.
             let generation = self.scope.generation();
@@ -486,14 +487,13 @@ where
 
     /// The client of the `last` cache if it answers; a `last` that another thread is using, or that a panicking
     /// credentials comparison poisoned, is a miss.
-    fn cached_last(&self, generation: u64, id: &str, credentials: &K) -> Option<Client<C, K>> {
+    fn cached_last(&self, generation: Stamp, id: &str, credentials: &K) -> Option<Client<C, K>> {
         if !self.has_last.load(Ordering::Relaxed) {
             return None;
         }
         let last = self.last.try_lock().ok()?;
-        let held = last.as_ref()?;
-        held.answers(generation, id, credentials)
-            .then(|| held.client.clone())
+        let found = last.as_ref()?.fresh(generation)?;
+        found.answers(id, credentials).then(|| found.client.clone())
     }
 
     /// Keeps what a `get` found, with its entry locked.
@@ -506,24 +506,28 @@ where
         id: &str,
         credentials: &K,
         client: &Client<C, K>,
-        generation: u64,
+        generation: Stamp,
     ) {
-        let held = || Held {
-            entry: entry.clone(),
-            id: id.into(),
-            credentials: credentials.clone(),
-            client: client.clone(),
-            generation: AtomicU64::new(generation),
+        let held = || {
+            Cached::new(
+                Found {
+                    entry: entry.clone(),
+                    id: id.into(),
+                    credentials: credentials.clone(),
+                    client: client.clone(),
+                },
+                generation,
+            )
         };
         match self.first.get() {
-            Some(first) if first.is(entry, id, credentials) => {
-                first.generation.store(generation, Ordering::Release);
+            Some(first) if first.value().is(entry, id, credentials) => {
+                first.renew(generation);
             }
             Some(_) => {
                 if let Ok(mut last) = self.last.try_lock() {
                     match &*last {
-                        Some(l) if l.is(entry, id, credentials) => {
-                            l.generation.store(generation, Ordering::Release);
+                        Some(l) if l.value().is(entry, id, credentials) => {
+                            l.renew(generation);
                         }
                         _ => {
                             *last = Some(held());

@@ -15,12 +15,18 @@
 //! remembers what its `get` found with the scope's generation read under the entry's lock while the scope held it;
 //! as long as the generation is the same, the scope still holds that connection with its listeners attached, and a
 //! repeated `get` would change nothing. Other scopes letting go never touch it.
+//!
+//! The generation and the remembered answer are [`connman_core::generation`]'s types, and the steps around them are
+//! its protocol: [`Entry::release`], [`Entry::detach`] and [`Entry::bump_holders`] bump with the entry locked, after
+//! the change and before the references count is published; `Manager::get` reads its stamp with the entry locked,
+//! after [`Entry::hold`]. That module's loom models play these steps and fail when one of them moves.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
+use connman_core::generation::{Generation, Stamp};
 use connman_core::rt::tokio::Publish;
 use tokio::sync::{Notify, watch};
 
@@ -156,7 +162,7 @@ impl<C, K, D> Namespace<C, K, D> {
         let cell = Arc::new(ScopeCell {
             scope: Arc::new(scope),
             namespace: Arc::downgrade(self),
-            generation: AtomicU64::new(0),
+            generation: Generation::new(),
         });
         tables.scopes.insert(id, Arc::downgrade(&cell));
         cell
@@ -179,17 +185,19 @@ pub(super) struct ScopeCell<C, K, D> {
     namespace: Weak<Namespace<C, K, D>>,
     /// Moves on when the scope lets go of a connection or its listeners, or a connection it holds is re-keyed or
     /// removed: what a manager's cached `get` is checked against.
-    generation: AtomicU64,
+    generation: Generation,
 }
 
 impl<C, K, D> ScopeCell<C, K, D> {
-    pub(super) fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+    #[inline]
+    pub(super) fn generation(&self) -> Stamp {
+        self.generation.now()
     }
 
-    /// Makes every cached `get` of this scope stale. Called with the entry concerned locked.
+    /// Makes every cached `get` of this scope stale. Called with the entry concerned locked, after the change and
+    /// before the references count is published.
     pub(super) fn bump(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.generation.bump();
     }
 }
 
@@ -415,8 +423,8 @@ impl<C, K, D> Entry<C, K, D> {
         if !holder.attached {
             return false;
         }
-        scope.bump();
         holder.attached = false;
+        scope.bump();
         if let Some(conn) = self.record.connection() {
             detach(&*conn, self.record.key, scope, &self.fns.listeners);
         }

@@ -324,7 +324,7 @@ async fn pinger<S, Req, P>(
     S::Error: Into<BoxError>,
     P: Fn() -> Req,
 {
-    let mut next = Instant::now() + config.interval();
+    let mut next = later(Instant::now(), config.interval());
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -346,7 +346,7 @@ async fn pinger<S, Req, P>(
                 let rtt = sent.elapsed();
                 tracing::trace!(?rtt, "pong");
                 events.send(HeartbeatEvent::Pong { rtt });
-                next = sent + config.interval();
+                next = later(sent, config.interval());
             }
             Ok(Err(error)) => {
                 let error: SharedError = Arc::from(error);
@@ -367,4 +367,13 @@ async fn pinger<S, Req, P>(
             }
         }
     }
+}
+
+/// `at + by`, or a point about 30 years later if that is past what an instant can hold: an interval near
+/// `Duration::MAX` means "not in this process's lifetime", never an overflow.
+fn later(at: Instant, by: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
+    at.checked_add(by)
+        .or_else(|| at.checked_add(FAR))
+        .unwrap_or(at)
 }

@@ -26,16 +26,33 @@ pub struct ResponseFuture<S: Service<Req>, Req> {
     handle: Arc<HandleState<S, Req>>,
     #[pin]
     state: State<S::Future, Req>,
-    ticket: Option<Ticket>,
+    /// The weight of the request, held with its capacity permit until it is answered (while `holds`).
+    weight: usize,
+    holds: bool,
     place: Place,
     idempotent: bool,
     replays: u32,
-    /// When the request stops waiting: set the first time it has to wait (at the call if it is queued at once, at
-    /// its first replay if it went straight out), so the fast path never reads the clock.
-    deadline: Option<Instant>,
-    /// The longest it may wait, from then.
-    wait: Duration,
+    /// The longest it may wait, from the first time it has to, in nanoseconds (saturated at 584 years).
+    wait: u64,
+    /// When the request stops waiting, and its timer: made the first time it has to wait (at the call if it is
+    /// queued at once, at its first replay if it went straight out), so the fast path never reads the clock. Boxed:
+    /// the future stays small, and a small future is moved without a call to `memcpy`.
+    waiting: Option<Box<Waiting>>,
+}
+
+/// The deadline of a request that waits, and its timer once it is polled while queued.
+struct Waiting {
+    deadline: Instant,
     sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Waiting {
+    fn until(deadline: Instant) -> Box<Self> {
+        Box::new(Self {
+            deadline,
+            sleep: None,
+        })
+    }
 }
 
 /// The capacity permit and weight a request holds until it is answered.
@@ -132,13 +149,13 @@ where
         Self {
             handle,
             state,
-            ticket,
+            weight: ticket.as_ref().map_or(0, |t| t.weight),
+            holds: ticket.is_some(),
             place,
             idempotent,
             replays: 0,
-            deadline,
-            wait,
-            sleep: None,
+            wait: u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX),
+            waiting: deadline.map(Waiting::until),
         }
     }
 }
@@ -155,8 +172,8 @@ where
         let result = ready!(self.as_mut().poll_state(cx));
         let mut this = self.project();
         this.state.set(State::Done);
-        if let Some(ticket) = this.ticket.take() {
-            release(this.handle, ticket);
+        if std::mem::take(this.holds) {
+            release(this.handle, *this.weight);
         }
         Poll::Ready(result)
     }
@@ -207,9 +224,11 @@ where
                         return Poll::Ready(Err(error));
                     };
                     let now = Instant::now();
-                    let deadline = *this
-                        .deadline
-                        .get_or_insert_with(|| super::shared::deadline(now, *this.wait));
+                    let wait = Duration::from_nanos(*this.wait);
+                    let deadline = this
+                        .waiting
+                        .get_or_insert_with(|| Waiting::until(super::shared::deadline(now, wait)))
+                        .deadline;
                     if now >= deadline {
                         this.handle
                             .shared
@@ -240,11 +259,12 @@ where
                     Poll::Ready(Ok(Err(e))) => return Poll::Ready(Err(e)),
                     Poll::Ready(Err(_)) => return Poll::Ready(Err(Closed::new().into())),
                     Poll::Pending => {
-                        let wait = *this.wait;
-                        let deadline = *this
-                            .deadline
-                            .get_or_insert_with(|| super::shared::deadline(Instant::now(), wait));
-                        let sleep = this
+                        let wait = Duration::from_nanos(*this.wait);
+                        let waiting = this.waiting.get_or_insert_with(|| {
+                            Waiting::until(super::shared::deadline(Instant::now(), wait))
+                        });
+                        let deadline = waiting.deadline;
+                        let sleep = waiting
                             .sleep
                             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                         if sleep.as_mut().poll(cx).is_pending() {
@@ -270,8 +290,8 @@ where
 impl<S: Service<Req>, Req> PinnedDrop for ResponseFuture<S, Req> {
     fn drop(self: Pin<&mut Self>) {
         let this = self.project();
-        if let Some(ticket) = this.ticket.take() {
-            release(this.handle, ticket);
+        if std::mem::take(this.holds) {
+            release(this.handle, *this.weight);
         }
         if matches!(*this.state, State::Queued(_)) && this.handle.shared.remove(*this.place) {
             this.handle
@@ -308,7 +328,7 @@ fn verdict(error: &BoxError) -> Verdict {
 }
 
 /// Gives back what an answered (or dropped) request held.
-fn release<S: Service<Req>, Req>(handle: &HandleState<S, Req>, ticket: Ticket) {
+fn release<S: Service<Req>, Req>(handle: &HandleState<S, Req>, weight: usize) {
     handle.answered();
-    handle.shared.release_weight(ticket.weight);
+    handle.shared.release_weight(weight);
 }

@@ -7,6 +7,7 @@
 //! [`State`](connman_core::State)) and [`ReconnectConfig::subscribe`] (a bounded broadcast of
 //! [`Event`](connman_core::Event)s); close it with a [`CloseHandle`].
 
+mod barrier;
 mod config;
 mod error;
 mod future;

@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 
 use connman_core::driver::{Driver, Next};
@@ -12,13 +12,14 @@ use connman_core::error::{BoxError, Closed, Elapsed, NotSent};
 use connman_core::lifecycle::{CloseReason, Event, Lifecycle, State};
 use connman_core::rt::tokio::{Publish, TokioTimer};
 use tokio::sync::{broadcast, watch};
-use tokio::time::{Sleep, Timeout};
+use tokio::time::Timeout;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tower_service::Service;
 
+use super::barrier::{Barrier, CallCounter};
 use super::config::{BoxBackoff, Classifier, ReconnectConfig};
 use super::error::{FatalConnect, GaveUp};
-use super::future::{Calls, ResponseFuture};
+use super::future::ResponseFuture;
 use super::handle::{CloseHandle, Closer, ReconnectStats};
 use super::hook::{Identity, OnUp};
 
@@ -65,7 +66,7 @@ where
 struct Local<S> {
     generation: u64,
     svc: S,
-    calls: Arc<Calls>,
+    calls: CallCounter,
 }
 
 /// What every handle of one link shares.
@@ -103,19 +104,11 @@ where
     svc: Option<H::Service>,
     /// Counts links made, so that a handle can tell its connection clone is of a lost link.
     generation: u64,
-    /// The open calls of every handle on the current connection.
-    calls: Vec<Weak<Calls>>,
-    /// The open calls of the last lost connection, and how long a new connection waits for them at most.
-    settling: Option<Settling>,
+    /// The replay barrier: the open calls of every handle on the current connection and on the lost one.
+    barrier: Barrier,
     close: Closer,
     hook_runs: Arc<AtomicU64>,
     close_wait: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
-}
-
-/// The open calls of a lost connection, and how long a new connection waits for them at most.
-struct Settling {
-    calls: Vec<Weak<Calls>>,
-    bound: Pin<Box<Sleep>>,
 }
 
 /// After this many transitions in one `poll_ready` the service yields, so that a zero backoff cannot spin.
@@ -152,8 +145,7 @@ where
             attempt: None,
             svc: None,
             generation: 0,
-            calls: Vec::new(),
-            settling: None,
+            barrier: Barrier::new(),
             close: close.clone(),
             hook_runs: config.observe.hook_runs,
             close_wait: None,
@@ -260,14 +252,7 @@ where
         }
         self.svc = None;
         self.down(gate);
-        let lost = std::mem::take(&mut self.calls);
-        if lost
-            .iter()
-            .any(|c| c.upgrade().is_some_and(|c| c.any_open()))
-        {
-            let bound = Box::pin(tokio::time::sleep(self.settle_timeout));
-            self.settling = Some(Settling { calls: lost, bound });
-        }
+        self.barrier.lose(self.settle_timeout);
         self.driver.link_lost(error);
     }
 
@@ -275,18 +260,7 @@ where
     /// the settle timeout has passed. A request that one of them failed as never written is then back in its place in
     /// a queue above, so nothing issued later overtakes it on the new connection.
     fn settled(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(Settling { calls, bound }) = &mut self.settling else {
-            return true;
-        };
-        let open = calls
-            .iter()
-            .filter_map(Weak::upgrade)
-            .any(|c| c.poll_settled(cx).is_pending());
-        if open && bound.as_mut().poll(cx).is_pending() {
-            return false;
-        }
-        self.settling = None;
-        true
+        self.barrier.poll_settled(cx)
     }
 
     /// Registers for a close while the service waits; true if it is closed already.
@@ -469,9 +443,7 @@ where
                         // `poll_up` is ready only with a connection; should that ever change, try again.
                         continue;
                     };
-                    let calls = Arc::new(Calls::default());
-                    core.calls.retain(|c| c.strong_count() > 0);
-                    core.calls.push(Arc::downgrade(&calls));
+                    let calls = core.barrier.join();
                     self.local = Some(Local {
                         generation: core.generation,
                         svc,
@@ -486,7 +458,14 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         match &mut self.local {
-            Some(local) => ResponseFuture::called(local.svc.call(req), local.calls.open()),
+            Some(local) => match local.calls.open() {
+                Some(call) => ResponseFuture::called(local.svc.call(req), call),
+                // The connection was lost since `poll_ready`, and its calls are all gone: nothing was written.
+                None => {
+                    self.local = None;
+                    ResponseFuture::failed(NotSent::new().into())
+                }
+            },
             // Called without a successful `poll_ready`: nothing was written, so the request may be retried.
             None => ResponseFuture::failed(NotSent::new().into()),
         }

@@ -43,7 +43,8 @@ use crate::error::HttpRejected;
 /// | [`close_timeout`](Self::close_timeout) | 5 s |
 /// | [`request_timeout`](Self::request_timeout) | 30 s |
 ///
-/// Close codes: 1001, 1012 and 4200 reconnect after a random delay in `[0, come_back_within]`; 1008 and 4009 end the
+/// Close codes: 1001, 1012 and 4200 reconnect after a random delay in `[0, come_back_within]` (narrowed by the
+/// server's [`ComeBack`](connman_core::member::ComeBack) advice, if its reason carries one); 1008 and 4009 end the
 /// client; any other code goes to [`classify_close`](Self::classify_close) (default: reconnect with the backoff).
 /// Connect failures go to [`classify_connect`](Self::classify_connect) (default: an HTTP 401 or 403 answer to the
 /// handshake ends the client, anything else is retried).
@@ -167,7 +168,8 @@ impl<C> WsClientBuilder<C> {
         self
     }
 
-    /// After a close with 1001, 1012 or 4200, reconnect after a random delay in `[0, spread]`.
+    /// After a close with 1001, 1012 or 4200, reconnect after a random delay in `[0, spread]`, or in `[0, advice]`
+    /// when the close reason ends with a shorter [`ComeBack`](connman_core::member::ComeBack) advice.
     pub fn come_back_within(mut self, spread: Duration) -> Self {
         self.come_back = spread;
         self
@@ -242,7 +244,8 @@ impl<C> WsClientBuilder<C> {
         self
     }
 
-    /// How many received messages wait for the reader (above zero).
+    /// How many received messages wait for the reader: above zero, and at most `usize::MAX >> 3` (the most a tokio
+    /// channel holds; memory is taken as messages arrive, not up front).
     pub fn inbound_capacity(mut self, capacity: usize) -> Self {
         self.inbound_capacity = capacity;
         self
@@ -317,6 +320,11 @@ impl<C> WsClientBuilder<C> {
         if self.inbound_capacity == 0 {
             return Err(InvalidConfig::new("inbound capacity must be above zero"));
         }
+        if self.inbound_capacity > MAX_INBOUND_CAPACITY {
+            return Err(InvalidConfig::new(
+                "inbound capacity must be at most usize::MAX >> 3",
+            ));
+        }
         let (inbound, incoming) = mpsc::channel(self.inbound_capacity);
         let ping_timeout = self
             .heartbeat
@@ -380,6 +388,10 @@ impl<C: fmt::Debug> fmt::Debug for WsClientBuilder<C> {
             .finish_non_exhaustive()
     }
 }
+
+/// The most messages a tokio channel can hold (its semaphore's bound): a larger capacity would panic in
+/// `mpsc::channel`.
+const MAX_INBOUND_CAPACITY: usize = usize::MAX >> 3;
 
 /// 100 ms doubling to 10 s, full jitter, never giving up.
 fn default_backoff() -> Exponential {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use connman_core::error::{BoxError, Closed, SharedError};
 use connman_core::lifecycle::{Event, FailureKind};
-use connman_core::member::CloseCode;
+use connman_core::member::{CloseCode, ComeBack};
 use connman_queue::reconnect::{FatalConnect, GaveUp};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -29,7 +29,8 @@ pub const EVENT_CAPACITY: usize = 64;
 #[non_exhaustive]
 pub enum CloseAction {
     /// "Come back" (1001, 1012, 4200): reconnect after a random delay, so that the clients of a server that closes
-    /// many at once (a drain, a restart) spread out.
+    /// many at once (a drain, a restart) spread out; the server's come-back advice, if the reason carries one,
+    /// bounds the delay.
     ComeBack {
         /// The delay drawn for this client.
         after: Duration,
@@ -212,7 +213,12 @@ impl Control {
             match close.code() {
                 CloseCode(1008) | CloseCode::UNAUTHORIZED => CloseAction::Fatal,
                 CloseCode::GOING_AWAY | CloseCode::RESTART | CloseCode::RECONNECT => {
-                    let spread = self.settings.come_back;
+                    // The server's advice, when it gives one, narrows the spread (a paced drain has spread its
+                    // closes already); it never widens it past this client's own bound.
+                    let spread = ComeBack::parse(close.reason())
+                        .map_or(self.settings.come_back, |advice| {
+                            advice.get().min(self.settings.come_back)
+                        });
                     let nanos = u64::try_from(spread.as_nanos()).unwrap_or(u64::MAX);
                     let after = Duration::from_nanos(fastrand::u64(0..=nanos));
                     CloseAction::ComeBack { after }

@@ -26,7 +26,7 @@ use super::control::{ClientEvent, CloseAction, Control, lock};
 use super::error::{ClosedByPeer, NoRequestId, NotConnected};
 use super::message::{Correlate, Message, Outgoing};
 use crate::error::PongTimeout;
-use crate::stream::{Received, WsMember, WsReceiver, WsStream};
+use crate::stream::{Received, WsMember, WsReceiver, WsStream, later};
 
 /// Most frames a writer feeds before it flushes them together.
 const MAX_BATCH: usize = 64;
@@ -528,7 +528,7 @@ where
     let state = &link.state;
     let heartbeat = control.settings.heartbeat;
     let far = Instant::now() + Duration::from_secs(86_400 * 365);
-    let mut next_beat = heartbeat.map_or(far, |(interval, _)| Instant::now() + interval);
+    let mut next_beat = heartbeat.map_or(far, |(interval, _)| later(Instant::now(), interval));
     // The heartbeat's own ping in flight: its id and when it was written.
     let mut awaiting: Option<(u64, Instant)> = None;
     let inbound = control.inbound();
@@ -553,11 +553,11 @@ where
                     // The writer is busy with a full channel: that traffic proves nothing about the peer; try
                     // again at the next interval.
                     lock(&state.pings).retain(|(p, _, _)| *p != id);
-                    next_beat = now + interval;
+                    next_beat = later(now, interval);
                     continue;
                 }
                 awaiting = Some((id, now));
-                next_beat = now + timeout;
+                next_beat = later(now, timeout);
                 continue;
             }
             item = receiver.next() => item,
@@ -580,7 +580,7 @@ where
                 }
                 if awaiting.is_some_and(|(ping, _)| ping <= id) {
                     if let (Some((_, sent)), Some((interval, _))) = (awaiting.take(), heartbeat) {
-                        next_beat = sent + interval;
+                        next_beat = later(sent, interval);
                     }
                 }
                 continue;
@@ -600,7 +600,7 @@ where
         // Any message proves the peer alive, as a pong does.
         if let (Some((_, sent)), Some((interval, _))) = (awaiting.take(), heartbeat) {
             lock(&state.pings).retain(|(_, _, waiter)| waiter.is_some());
-            next_beat = (sent + interval).max(Instant::now());
+            next_beat = later(sent, interval).max(Instant::now());
         }
         // Request mode: a reply goes to its request, not to the stream.
         let msg = match deliver_reply(state, msg) {

@@ -31,7 +31,7 @@
 //!
 //! | server's close | the client |
 //! |---|---|
-//! | 1001, 1012, 4200 | reconnects after a random delay in `[0, come_back_within]`, so a drained server's clients spread out |
+//! | 1001, 1012, 4200 | reconnects after a random delay in `[0, come_back_within]`, so a drained server's clients spread out; a reason that ends with [`ComeBack`](connman_core::member::ComeBack) advice (a paced drain gives zero: its closes are spread already) narrows that range to the advice |
 //! | 1008, 4009 | ends: every queued and later send fails with [`ClosedByPeer`] |
 //! | the answer to our close | ends: sends fail with [`Closed`](connman_core::error::Closed) |
 //! | any other | [`classify_close`](WsClientBuilder::classify_close) decides (default: reconnect with the backoff) |

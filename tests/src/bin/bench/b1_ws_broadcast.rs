@@ -1,6 +1,5 @@
 //! B1: broadcast of 64 B messages to WebSocket clients over loopback sockets.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,7 +14,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::harness::{
-    BenchError, BenchResult, Better, Mode, Pairs, Row, Scenario, Stats, fmt_rate, runtime,
+    BenchError, BenchResult, Better, Mode, Pairs, Row, Scenario, Stats, err, fmt_rate, runtime,
+    ws_client,
 };
 
 /// The scenario.
@@ -110,10 +110,6 @@ enum Server {
 
 type ServerSink = SplitSink<WebSocketStream<TcpStream>, Message>;
 
-fn err(what: &str) -> impl Fn(String) -> BenchError + '_ {
-    move |e| BenchError::new(format!("{what}: {e}"))
-}
-
 /// Connects `clients` clients to a fresh server of the kind given, publishes `bursts` bursts, and returns deliveries
 /// per second.
 async fn fan_out(kind: Server, clients: usize, bursts: usize) -> BenchResult<f64> {
@@ -130,7 +126,7 @@ async fn fan_out(kind: Server, clients: usize, bursts: usize) -> BenchResult<f64
     let (tx, _) = broadcast::channel::<Bytes>(BURST);
     let mut sinks: Vec<ServerSink> = Vec::with_capacity(clients);
     for _ in 0..clients {
-        let connect = tokio::spawn(client(addr));
+        let connect = tokio::spawn(ws_client(addr));
         let (tcp, _) = listener
             .accept()
             .await
@@ -221,18 +217,6 @@ async fn fan_out(kind: Server, clients: usize, bursts: usize) -> BenchResult<f64
     server_tasks.abort_all();
     readers.abort_all();
     Ok((clients * bursts * BURST) as f64 / elapsed.as_secs_f64())
-}
-
-async fn client(addr: SocketAddr) -> BenchResult<WebSocketStream<TcpStream>> {
-    let tcp = TcpStream::connect(addr)
-        .await
-        .map_err(|e| err("connect")(e.to_string()))?;
-    tcp.set_nodelay(true)
-        .map_err(|e| err("nodelay")(e.to_string()))?;
-    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/"), tcp)
-        .await
-        .map_err(|e| err("client handshake")(e.to_string()))?;
-    Ok(ws)
 }
 
 /// Reads `bursts` bursts and acknowledges each.

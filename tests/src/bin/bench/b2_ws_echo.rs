@@ -1,16 +1,16 @@
 //! B2: echo over 100 WebSocket connections on loopback: connman-ws's server against raw tokio-tungstenite.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use connman_ws::{AcceptConfig, WsConfig, accept};
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::harness::{
-    BenchError, BenchResult, Better, Mode, Pairs, Row, Scenario, Stats, fmt_ns, fmt_rate, runtime,
+    BenchError, BenchResult, Better, Mode, Pairs, Row, Scenario, Stats, err, fmt_ns, fmt_rate,
+    runtime, ws_client,
 };
 
 /// The scenario.
@@ -65,10 +65,6 @@ fn run(mode: Mode) -> BenchResult<Vec<Row>> {
     })
 }
 
-fn err(what: &'static str) -> impl Fn(String) -> BenchError {
-    move |e| BenchError::new(format!("{what}: {e}"))
-}
-
 /// Runs `conns` echo clients of `per_conn` round trips against a fresh server; returns echoes per second and the
 /// median round trip in nanoseconds.
 async fn echo(ours: bool, conns: usize, per_conn: usize) -> BenchResult<(f64, f64)> {
@@ -113,7 +109,7 @@ async fn echo(ours: bool, conns: usize, per_conn: usize) -> BenchResult<(f64, f6
     });
     let mut clients = Vec::with_capacity(conns);
     for _ in 0..conns {
-        clients.push(connect(addr).await?);
+        clients.push(ws_client(addr).await?);
     }
     let started = Instant::now();
     let mut runs = JoinSet::new();
@@ -147,16 +143,4 @@ async fn echo(ours: bool, conns: usize, per_conn: usize) -> BenchResult<(f64, f6
     all.sort_by(f64::total_cmp);
     let median = all.get(all.len() / 2).copied().unwrap_or(0.0);
     Ok(((conns * per_conn) as f64 / elapsed.as_secs_f64(), median))
-}
-
-async fn connect(addr: SocketAddr) -> BenchResult<tokio_tungstenite::WebSocketStream<TcpStream>> {
-    let tcp = TcpStream::connect(addr)
-        .await
-        .map_err(|e| err("connect")(e.to_string()))?;
-    tcp.set_nodelay(true)
-        .map_err(|e| err("nodelay")(e.to_string()))?;
-    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/"), tcp)
-        .await
-        .map_err(|e| err("handshake")(e.to_string()))?;
-    Ok(ws)
 }

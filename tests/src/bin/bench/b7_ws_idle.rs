@@ -17,7 +17,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::harness::{BenchError, BenchResult, Better, Mode, Pairs, Row, Scenario, Stats, runtime};
+use crate::harness::{
+    BenchError, BenchResult, Better, Mode, Pairs, Row, Scenario, Stats, err, runtime,
+};
 
 /// Set in the server child: `ours`, `peer-tuned` or `peer-default`, then the number of connections.
 pub(crate) const SERVER_ENV: &str = "CONNMAN_BENCH_B7_SERVER";
@@ -83,10 +85,6 @@ fn run(mode: Mode) -> BenchResult<Vec<Row>> {
             },
         ])
     })
-}
-
-fn err(what: &'static str) -> impl Fn(String) -> BenchError {
-    move |e| BenchError::new(format!("{what}: {e}"))
 }
 
 /// Bytes of server RSS per connection for one server kind.

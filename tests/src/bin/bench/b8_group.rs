@@ -77,42 +77,35 @@ fn run(mode: Mode) -> BenchResult<Vec<Row>> {
             fan_out.push(o, p);
             fan_out_many.push(m, p);
         }
-        let ratio = Stats::of(&fan_out.ratios(Better::Higher));
-        rows.push(Row {
-            scenario: format!("B8 broadcast to {members} channel members"),
-            ours: format!(
-                "Group::broadcast: {} deliveries",
-                fmt_rate(fan_out.ours_median())
-            ),
-            peer: format!(
-                "tokio broadcast + feed/flush tasks: {} deliveries",
-                fmt_rate(fan_out.peer_median())
-            ),
-            ratio,
-            reference: String::new(),
-            target: "≥ 1.5×".to_owned(),
-            met: Some(ratio.is_some_and(|r| r.median >= 1.5)),
-        });
-        let ratio = Stats::of(&fan_out_many.ratios(Better::Higher));
-        rows.push(Row {
-            scenario: format!(
-                "B8 broadcast bursts to {members} channel members, one call per burst"
-            ),
-            ours: format!(
-                "Group::broadcast_many: {} deliveries",
-                fmt_rate(fan_out_many.ours_median())
-            ),
-            peer: format!(
-                "tokio broadcast + feed/flush tasks: {} deliveries",
-                fmt_rate(fan_out_many.peer_median())
-            ),
-            ratio,
-            reference: String::new(),
-            target: "≥ 1.5×".to_owned(),
-            met: Some(ratio.is_some_and(|r| r.median >= 1.5)),
-        });
+        rows.push(broadcast_row(
+            format!("B8 broadcast to {members} channel members"),
+            "Group::broadcast",
+            &fan_out,
+        ));
+        rows.push(broadcast_row(
+            format!("B8 broadcast bursts to {members} channel members, one call per burst"),
+            "Group::broadcast_many",
+            &fan_out_many,
+        ));
         Ok(rows)
     })
+}
+
+/// A row of the broadcast test: `ours` against the tokio broadcast fan-out, in deliveries per second.
+fn broadcast_row(scenario: String, ours: &str, pairs: &Pairs) -> Row {
+    let ratio = Stats::of(&pairs.ratios(Better::Higher));
+    Row {
+        scenario,
+        ours: format!("{ours}: {} deliveries", fmt_rate(pairs.ours_median())),
+        peer: format!(
+            "tokio broadcast + feed/flush tasks: {} deliveries",
+            fmt_rate(pairs.peer_median())
+        ),
+        ratio,
+        reference: String::new(),
+        target: "≥ 1.5×".to_owned(),
+        met: Some(ratio.is_some_and(|r| r.median >= 1.5)),
+    }
 }
 
 const NAMESPACE: &str = "bench";

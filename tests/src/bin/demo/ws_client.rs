@@ -2,9 +2,10 @@
 //!
 //! Two servers (connman-ws's `accept` into a `Group`). Forty `WsClient`s connect to the first and each sends a numbered
 //! message every 200 ms. A third of the way in, the address they connect to is switched to the second server (as a
-//! load balancer would) and the first drains at 20/s with close code 4200: each client waits a random delay of up to
-//! 2 s before it reconnects, so the second server sees them arrive spread out, and sends made meanwhile wait in each
-//! client's queue. The servers count what they receive; the summary compares it with what the clients were told.
+//! load balancer would) and the first drains at 20/s with close code 4200, advising its clients to come back at once
+//! (the drain's pace spreads them already; a close without that advice makes each client wait a random delay of up
+//! to 2 s): the second server sees them arrive at the drain's pace, and sends made meanwhile wait in each client's
+//! queue. The servers count what they receive; the summary compares it with what the clients were told.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
