@@ -79,9 +79,29 @@ impl<T: Timer + ?Sized> Timer for std::sync::Arc<T> {
 #[cfg(feature = "tokio")]
 pub mod tokio {
     use std::pin::Pin;
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     use super::{Sleep, Timer};
+
+    /// `at + by` on tokio's clock, or a point about 30 years after `at` when the sum is past what an instant can
+    /// hold: a timeout or interval near `Duration::MAX` (which settings accept, meaning "never") waits instead of
+    /// overflowing the clock or firing at once.
+    ///
+    /// ```
+    /// use connman_core::rt::tokio::later;
+    /// use std::time::Duration;
+    /// use tokio::time::Instant;
+    ///
+    /// let now = Instant::now();
+    /// assert_eq!(later(now, Duration::from_secs(1)), now + Duration::from_secs(1));
+    /// assert!(later(now, Duration::MAX) > now + Duration::from_secs(365 * 24 * 60 * 60));
+    /// ```
+    pub fn later(at: ::tokio::time::Instant, by: Duration) -> ::tokio::time::Instant {
+        const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
+        at.checked_add(by)
+            .or_else(|| at.checked_add(FAR))
+            .unwrap_or(at)
+    }
 
     /// tokio's clock and sleeps: follows paused time (`tokio::time::pause`, `start_paused = true`).
     ///

@@ -206,6 +206,27 @@ async fn holds_while_down() {
     );
 }
 
+/// A max wait past what the clock can tell is "never expire", not "expire at once".
+#[tokio::test(start_paused = true)]
+async fn a_max_wait_near_duration_max_waits_instead_of_expiring_at_once() {
+    let config = QueueConfig::builder()
+        .max_wait(Duration::MAX)
+        .build()
+        .expect("config");
+    let (service, mut handle) = mock::pair::<&'static str, &'static str>();
+    let mut queue = Queue::new(service, config);
+    handle.allow(0);
+    ready(&mut queue).await;
+    let mut res = task::spawn(queue.call("a"));
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_pending!(res.poll());
+    handle.allow(1);
+    let (req, send) = handle.next_request().await.expect("sent once up");
+    assert_eq!(req, "a");
+    send.send_response("A");
+    assert_eq!(res.await.expect("answered"), "A");
+}
+
 /// UP-02 and UP-03: requests wait in FIFO order while down and go out in that order once up.
 #[tokio::test(start_paused = true)]
 async fn up_02_up_03_queued_in_fifo_and_flushed_in_order() {

@@ -1,5 +1,6 @@
 //! An established WebSocket connection, whole or split into a [`Member`] half and a receive half.
 
+use connman_core::rt::tokio::later;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -840,16 +841,6 @@ fn write_error(err: WsError) -> BoxError {
         }
         other => ProtocolViolation::new(other).into(),
     }
-}
-
-/// Maps an error on the receiving path.
-/// `at + by`, or a point about 30 years later if that is past what an instant can hold: a timeout or interval near
-/// `Duration::MAX` (which [`WsConfig`] accepts) means "not in this process's lifetime", never an overflow.
-pub(crate) fn later(at: Instant, by: Duration) -> Instant {
-    const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
-    at.checked_add(by)
-        .or_else(|| at.checked_add(FAR))
-        .unwrap_or(at)
 }
 
 fn read_error(err: WsError) -> BoxError {

@@ -73,6 +73,7 @@ mod future;
 mod layer;
 mod service;
 
+use connman_core::rt::tokio::later;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::num::NonZeroU32;
@@ -440,12 +441,4 @@ async fn run(
             () = sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
         }
     }
-}
-
-/// `at + by`, or a point about 30 years later if that is past what an instant can hold.
-fn later(at: Instant, by: Duration) -> Instant {
-    const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
-    at.checked_add(by)
-        .or_else(|| at.checked_add(FAR))
-        .unwrap_or(at)
 }

@@ -4,6 +4,7 @@
 //! batches and drives the member). The queue, the phase and the last-activity instant sit under one short-held mutex;
 //! the writer is woken through a [`Notify`] only when the queue goes from empty to non-empty or the phase changes.
 
+use connman_core::rt::tokio::later;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -274,15 +275,6 @@ impl Slot {
         // No code panics while holding this lock, and its state stays consistent at every step anyway.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-/// `at + by`, or a point about 30 years later if that is past what an instant can hold: a huge timeout from a user's
-/// settings must not panic.
-pub(crate) fn later(at: Instant, by: Duration) -> Instant {
-    const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
-    at.checked_add(by)
-        .or_else(|| at.checked_add(FAR))
-        .unwrap_or(at)
 }
 
 impl std::fmt::Debug for Slot {

@@ -16,7 +16,9 @@ use connman_core::member::{CloseCode, Member};
 use futures_util::SinkExt;
 use tokio::time::{Instant, sleep_until};
 
-use super::slot::{Phase, Slot, Step, later};
+use connman_core::rt::tokio::later;
+
+use super::slot::{Phase, Slot, Step};
 use super::{Departure, Inner};
 
 /// Drives `member` for `slot` until it is closed, fails or is detached.

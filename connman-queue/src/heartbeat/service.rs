@@ -1,5 +1,6 @@
 //! [`Heartbeat`]: one connection, pinged by a small task.
 
+use connman_core::rt::tokio::later;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -367,13 +368,4 @@ async fn pinger<S, Req, P>(
             }
         }
     }
-}
-
-/// `at + by`, or a point about 30 years later if that is past what an instant can hold: an interval near
-/// `Duration::MAX` means "not in this process's lifetime", never an overflow.
-fn later(at: Instant, by: Duration) -> Instant {
-    const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
-    at.checked_add(by)
-        .or_else(|| at.checked_add(FAR))
-        .unwrap_or(at)
 }

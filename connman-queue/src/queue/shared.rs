@@ -496,9 +496,10 @@ impl<S: Service<Req>, Req> Drop for Shared<S, Req> {
     }
 }
 
-/// The instant `wait` after `now` (`now` itself if the clock cannot tell it).
+/// The instant `wait` after `now`, saturated: a wait past what the clock can tell means "not in this process's life",
+/// never "at once".
 pub(crate) fn deadline(now: Instant, wait: Duration) -> Instant {
-    now.checked_add(wait).unwrap_or(now)
+    connman_core::rt::tokio::later(now, wait)
 }
 
 /// The worker: sends queued requests once the inner service is ready. It ends when the queue closes or is dropped.

@@ -26,7 +26,9 @@ use super::control::{ClientEvent, CloseAction, Control, lock};
 use super::error::{ClosedByPeer, NoRequestId, NotConnected};
 use super::message::{Correlate, Message, Outgoing};
 use crate::error::PongTimeout;
-use crate::stream::{Received, WsMember, WsReceiver, WsStream, later};
+use connman_core::rt::tokio::later;
+
+use crate::stream::{Received, WsMember, WsReceiver, WsStream};
 
 /// Most frames a writer feeds before it flushes them together.
 const MAX_BATCH: usize = 64;

@@ -238,6 +238,26 @@ where
     Ok(started.elapsed())
 }
 
+/// A function that wraps an error's text as a [`BenchError`] saying what failed: `.map_err(|e| err("connect")(e.to_string()))`.
+pub(crate) fn err(what: &'static str) -> impl Fn(String) -> BenchError {
+    move |e| BenchError::new(format!("{what}: {e}"))
+}
+
+/// A raw tokio-tungstenite client of `addr` (`ws://addr/`), with Nagle off: the clients of the WebSocket benches.
+pub(crate) async fn ws_client(
+    addr: std::net::SocketAddr,
+) -> BenchResult<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| err("connect")(e.to_string()))?;
+    tcp.set_nodelay(true)
+        .map_err(|e| err("nodelay")(e.to_string()))?;
+    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/"), tcp)
+        .await
+        .map_err(|e| err("client handshake")(e.to_string()))?;
+    Ok(ws)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,24 +278,4 @@ mod tests {
         assert_eq!(p.ratios(Better::Lower), [10.0]);
         assert_eq!(p.ratios(Better::Higher), [0.1]);
     }
-}
-
-/// A function that wraps an error's text as a [`BenchError`] saying what failed: `.map_err(|e| err("connect")(e.to_string()))`.
-pub(crate) fn err(what: &'static str) -> impl Fn(String) -> BenchError {
-    move |e| BenchError::new(format!("{what}: {e}"))
-}
-
-/// A raw tokio-tungstenite client of `addr` (`ws://addr/`), with Nagle off: the clients of the WebSocket benches.
-pub(crate) async fn ws_client(
-    addr: std::net::SocketAddr,
-) -> BenchResult<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| err("connect")(e.to_string()))?;
-    tcp.set_nodelay(true)
-        .map_err(|e| err("nodelay")(e.to_string()))?;
-    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/"), tcp)
-        .await
-        .map_err(|e| err("client handshake")(e.to_string()))?;
-    Ok(ws)
 }
