@@ -7,9 +7,11 @@
 //! * `cargo xtask bench [--quick] [NAME]`: the benchmarks against their peers; writes `BENCHMARKS.md`.
 //! * `cargo xtask fuzz [--seconds N] [--sanitizer address] [TARGET]`: the fuzz targets of `fuzz/` on the nightly
 //!   toolchain (10 s each by default); `--sanitizer address` is the long mode with AddressSanitizer (60 s each).
-//! * `cargo xtask sim [--seeds N] [--first K] [--release]`: the simulated-network test over many seeds (long mode).
-//! * `cargo xtask soak [--connections N] [--seconds S]`: thousands of connections for minutes with server bounces;
-//!   fails on a leak of memory, file descriptors or tasks (outside CI).
+//! * `cargo xtask sim [--seeds N] [--first K] [--threads T] [--release] [--tcp | --ws]`: the simulated-network tests
+//!   (the TCP stack and the reconnecting WebSocket client) over many seeds (long mode).
+//! * `cargo xtask soak [--connections N] [--stacks N] [--ws N] [--seconds S] [--bounce S] [--drain S]
+//!   [--drain-rate N]`: thousands of TCP and WebSocket connections for minutes with server bounces and drains; fails
+//!   on a leak of memory, file descriptors or tasks (outside CI).
 //! * `cargo xtask peers`: installs the real peers the tests talk to (redis-server, Node `ws`, Python `websockets`).
 
 mod bench;
@@ -37,7 +39,7 @@ fn main() -> ExitCode {
         Some("soak") => soak::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | demo [--seconds N] | bench [--quick] [NAME] | fuzz [--seconds N] [--sanitizer address] [TARGET] | sim [--seeds N] [--first K] | soak [--connections N] [--seconds S] | peers | tidy>"
+                "usage: cargo xtask <ci | demo [--seconds N] | bench [--quick] [NAME] | fuzz [--seconds N] [--sanitizer address] [TARGET] | sim [--seeds N] [--first K] [--threads T] [--release] [--tcp | --ws] | soak [--connections N] [--stacks N] [--ws N] [--seconds S] [--bounce S] [--drain S] [--drain-rate N] | peers | tidy>"
             );
             return ExitCode::from(2);
         }

@@ -268,7 +268,8 @@ impl<C> WsClientBuilder<C> {
         self
     }
 
-    /// How long a written request waits for its reply (above zero).
+    /// How long a written request waits for its reply (above zero); then it ends `MaybeDelivered`, with
+    /// [`Elapsed`](connman_core::error::Elapsed) as its source.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
         self

@@ -294,7 +294,10 @@ impl Service<Outgoing> for WsLink {
             let answer = tokio::select! {
                 reply = rx => reply.map_err(|_| BoxError::from(MaybeDelivered::with_source(state.lost()))),
                 () = state.dead.cancelled() => Err(MaybeDelivered::with_source(state.lost()).into()),
-                () = tokio::time::sleep(state.request_timeout) => Err(connman_core::error::Elapsed::new().into()),
+                // Written, and no reply in time: the server may have handled it.
+                () = tokio::time::sleep(state.request_timeout) => {
+                    Err(MaybeDelivered::with_source(connman_core::error::Elapsed::new()).into())
+                }
             };
             forget(&state);
             answer.map(Some)

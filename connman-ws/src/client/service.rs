@@ -106,14 +106,16 @@ impl WsClient {
     /// A request is completed only when answered. One written to a socket that failed before its reply ends
     /// [`MaybeDelivered`](connman_core::error::MaybeDelivered) (it may have been handled); one never written is
     /// replayed, as a send is; one unanswered within the [request timeout](WsClientBuilder::request_timeout) on a
-    /// live socket ends [`Elapsed`]. Without an id (or a `correlate` function) it fails with [`NoRequestId`] and is
+    /// live socket was written too, so it ends `MaybeDelivered` with [`Elapsed`] as its source. Without an id (or a `correlate` function) it fails with [`NoRequestId`] and is
     /// never sent. The other outcomes are those of [`send`](Self::send).
     pub async fn request(&mut self, msg: impl Into<Message>) -> Result<Message, BoxError> {
         self.request_with(msg.into(), CallOptions::new()).await
     }
 
     /// As [`request`](Self::request), for a request that is safe to handle twice: one lost with its socket before
-    /// the reply is sent again on the next socket instead of ending `MaybeDelivered` (at-least-once).
+    /// the reply is sent again on the next socket, and one unanswered within the request timeout is sent again,
+    /// instead of ending `MaybeDelivered` (at-least-once, up to the queue's
+    /// [max replays](WsClientBuilder::max_replays)).
     pub async fn request_idempotent(
         &mut self,
         msg: impl Into<Message>,
