@@ -44,6 +44,7 @@
 //! ```
 
 pub mod backoff;
+pub mod capacity;
 pub mod driver;
 pub mod error;
 pub mod generation;

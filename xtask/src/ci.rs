@@ -128,10 +128,15 @@ fn count(summary: &str, what: &str) -> u64 {
 }
 
 /// The modules of connman-core whose loom models the loom step runs; a module none of whose models ran fails it.
-const LOOM_MODELS: [&str; 2] = ["refhandle::loom_tests::", "generation::loom_tests::"];
+const LOOM_MODELS: [&str; 3] = [
+    "refhandle::loom_tests::",
+    "generation::loom_tests::",
+    "capacity::loom_tests::",
+];
 
 /// The loom models of connman-core, in their own target dir (the `loom` cfg rebuilds everything it touches): the
-/// shared handle's count, and the registry's generation and cached `get` (`connman_core::generation`).
+/// shared handle's count, the registry's generation and cached `get` (`connman_core::generation`), and a queue
+/// handle's share of the capacity (`connman_core::capacity`).
 ///
 /// Only the runtime-free core is built under `--cfg loom`: tokio reads that cfg too and cannot be built with it as a
 /// dependency. The crates above the core synchronise through tokio's own primitives, which tokio model-checks itself,
@@ -189,9 +194,10 @@ mod tests {
 
     #[test]
     fn the_loom_step_notices_a_module_whose_models_did_not_run() {
-        let both = "test refhandle::loom_tests::clone_racing_the_last_drop ... ok\n\
-                    test generation::loom_tests::loom_x ... ok\n";
-        assert_eq!(missing_model(both), None);
+        let all = "test refhandle::loom_tests::clone_racing_the_last_drop ... ok\n\
+                   test generation::loom_tests::loom_x ... ok\n\
+                   test capacity::loom_tests::loom_y ... ok\n";
+        assert_eq!(missing_model(all), None);
         let one = "test refhandle::loom_tests::clone_racing_the_last_drop ... ok\n\
                    test generation::loom_tests::loom_x ... FAILED\n";
         assert_eq!(missing_model(one), Some("generation::loom_tests::"));

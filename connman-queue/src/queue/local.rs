@@ -1,41 +1,27 @@
-//! What one [`Queue`](super::Queue) handle owns: its share of the capacity, counted in one word that only the handle
-//! and its own response futures write.
+//! What one [`Queue`](super::Queue) handle owns: its share of the capacity, a [`Share`] that only the handle, its own
+//! response futures and a handle waiting for capacity write.
 //!
-//! The word holds the permits the handle took from the queue's semaphore (`held`), its requests reserved or called
-//! and not yet answered (`in_flight`), and whether the handle is gone (then each answered request gives its permit
-//! straight back to the semaphore). A request on the fast path changes this word twice (reserve, answer) and nothing
-//! else that is shared; whether the reservation is used yet is a flag only the handle writes.
+//! The share counts the permits the handle took from the queue's semaphore, the slots it took from them for its
+//! requests (reserved or in flight), and whether the handle is gone (then each answered request gives its permit
+//! straight back to the semaphore). A request on the fast path changes it twice (reserve, answer) and nothing else that
+//! is shared; whether the reservation is used yet is a flag only the handle writes. The share's protocol is modelled
+//! with loom in connman-core.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use connman_core::capacity::Share;
 use tower_service::Service;
 
 use super::shared::{Counted, Shared};
 
-const IN_FLIGHT_BITS: u32 = 31;
-const ONE: u64 = 1;
-const IN_FLIGHT_MASK: u64 = (1 << IN_FLIGHT_BITS) - 1;
-const HELD_ONE: u64 = 1 << IN_FLIGHT_BITS;
-const HELD_MASK: u64 = IN_FLIGHT_MASK << IN_FLIGHT_BITS;
-const ORPHAN: u64 = 1 << 63;
-
 /// The most capacity one handle can count (and so the largest capacity a queue accepts).
-pub(crate) const MAX_CAPACITY: usize = IN_FLIGHT_MASK as usize;
+pub(crate) const MAX_CAPACITY: usize = Share::MAX;
 
 /// The requests called and not yet answered, by a handle's counters (a reservation is not a request yet).
 pub(crate) fn in_flight(counted: &Counted) -> usize {
-    let w = counted.word.load(Ordering::Relaxed) & IN_FLIGHT_MASK;
-    (w as usize).saturating_sub(usize::from(counted.reserved.load(Ordering::Relaxed)))
-}
-
-fn held(word: u64) -> u64 {
-    (word & HELD_MASK) >> IN_FLIGHT_BITS
-}
-
-/// Permits held and not used by a request or a reservation.
-fn spare(word: u64) -> u64 {
-    held(word).saturating_sub(word & IN_FLIGHT_MASK)
+    let taken = usize::try_from(counted.share.taken()).unwrap_or(usize::MAX);
+    taken.saturating_sub(usize::from(counted.reserved.load(Ordering::Relaxed)))
 }
 
 /// A handle's state, shared with its response futures (each holds a count of it: aligned so that the count of one
@@ -58,33 +44,22 @@ impl<S: Service<Req>, Req> HandleState<S, Req> {
         self.counted.reserved.load(Ordering::Relaxed)
     }
 
-    /// Reserves a slot from the permits held (counted in flight from now on); false if none is spare.
+    /// Reserves a slot from the permits held (counted as taken from now on); false if none is spare.
     pub(crate) fn try_reserve(&self) -> bool {
         if self.is_reserved() {
             return true;
         }
-        let word = &self.counted.word;
-        let mut w = word.load(Ordering::Relaxed);
-        loop {
-            if spare(w) == 0 {
-                return false;
-            }
-            match word.compare_exchange_weak(w, w + ONE, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => {
-                    // Only the handle writes this flag: a store, not a read-modify-write.
-                    self.counted.reserved.store(true, Ordering::Relaxed);
-                    return true;
-                }
-                Err(now) => w = now,
-            }
+        if !self.counted.share.try_take() {
+            return false;
         }
+        // Only the handle writes this flag: a store, not a read-modify-write.
+        self.counted.reserved.store(true, Ordering::Relaxed);
+        true
     }
 
     /// Adds `n` permits taken from the semaphore.
     pub(crate) fn add_held(&self, n: u32) {
-        self.counted
-            .word
-            .fetch_add(u64::from(n) * HELD_ONE, Ordering::Relaxed);
+        self.counted.share.add(n);
     }
 
     /// The reserved slot becomes a request in flight: it is counted already.
@@ -95,7 +70,8 @@ impl<S: Service<Req>, Req> HandleState<S, Req> {
     /// Gives up the reserved slot without a request.
     pub(crate) fn unreserve(&self) {
         if self.counted.reserved.swap(false, Ordering::Relaxed) {
-            self.counted.word.fetch_sub(ONE, Ordering::AcqRel);
+            // The handle is here, so the share is not orphaned: the slot stays with the handle.
+            self.counted.share.give_back();
             self.give_back_if_wanted();
         }
     }
@@ -103,8 +79,7 @@ impl<S: Service<Req>, Req> HandleState<S, Req> {
     /// A request in flight is answered (or dropped): its permit is free again, for this handle or, once the handle
     /// is gone, for the queue.
     pub(crate) fn answered(&self) {
-        let before = self.counted.word.fetch_sub(ONE, Ordering::AcqRel);
-        if before & ORPHAN != 0 {
+        if self.counted.share.give_back() {
             self.shared.permits.add_permits(1);
         } else if self.shared.waiting.load(Ordering::Relaxed) > 0 {
             self.give_back_if_wanted();
@@ -116,23 +91,15 @@ impl<S: Service<Req>, Req> HandleState<S, Req> {
         if self.shared.waiting.load(Ordering::Relaxed) == 0 {
             return;
         }
-        let n = reclaim(&self.counted);
-        if n > 0 {
-            // `n` is at most the capacity, which fits a usize.
-            self.shared.permits.add_permits(n as usize);
-        }
+        give_back(&self.shared, self.counted.share.reclaim());
     }
 
     /// The handle is gone: its permits not in use go back now, the others as their requests are answered.
     pub(crate) fn orphan(&self) {
         if self.counted.reserved.swap(false, Ordering::Relaxed) {
-            self.counted.word.fetch_sub(ONE, Ordering::AcqRel);
+            self.counted.share.give_back();
         }
-        let before = self.counted.word.fetch_or(ORPHAN, Ordering::AcqRel);
-        let free = held(before).saturating_sub(before & IN_FLIGHT_MASK);
-        if free > 0 {
-            self.shared.permits.add_permits(free as usize);
-        }
+        give_back(&self.shared, self.counted.share.orphan());
         let direct = self.counted.direct.load(Ordering::Relaxed);
         self.shared
             .counters
@@ -148,19 +115,12 @@ impl<S: Service<Req>, Req> HandleState<S, Req> {
     }
 }
 
-/// Takes the spare permits out of a handle's word (the handle may be busy: only permits neither in flight nor reserved
-/// move); returns how many.
-pub(crate) fn reclaim(counted: &Counted) -> u64 {
-    let word = &counted.word;
-    let mut w = word.load(Ordering::Relaxed);
-    loop {
-        let n = spare(w);
-        if n == 0 || w & ORPHAN != 0 {
-            return 0;
-        }
-        match word.compare_exchange_weak(w, w - n * HELD_ONE, Ordering::AcqRel, Ordering::Relaxed) {
-            Ok(_) => return n,
-            Err(now) => w = now,
-        }
+/// Puts `n` permits back into the queue's semaphore.
+pub(crate) fn give_back<S: Service<Req>, Req>(shared: &Shared<S, Req>, n: u64) {
+    if n > 0 {
+        // `n` is at most the capacity, which fits a usize.
+        shared
+            .permits
+            .add_permits(usize::try_from(n).unwrap_or(usize::MAX));
     }
 }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use connman_core::capacity::Share;
 use connman_core::error::{BoxError, Closed, Elapsed, SharedError};
 use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio::time::Instant;
@@ -106,9 +107,9 @@ pub(crate) enum Submitted<F, Req> {
 #[derive(Debug, Default)]
 #[repr(align(128))]
 pub(crate) struct Counted {
-    /// The handle's capacity word, see [`super::local`].
-    pub(crate) word: AtomicU64,
-    /// Whether a reservation (counted in the word) is not used by a request yet; only the handle writes it.
+    /// The handle's share of the capacity, see [`super::local`].
+    pub(crate) share: Share,
+    /// Whether a reservation (counted in the share) is not used by a request yet; only the handle writes it.
     pub(crate) reserved: AtomicBool,
     /// Requests sent at once on the fast path; only the handle writes it.
     pub(crate) direct: AtomicU64,
@@ -395,13 +396,10 @@ impl<S: Service<Req>, Req> Shared<S, Req> {
             .handles
             .iter()
             .filter_map(Weak::upgrade)
-            .map(|h| super::local::reclaim(&h))
+            .map(|h| h.share.reclaim())
             .sum();
         drop(inner);
-        if n > 0 {
-            // At most the capacity, which fits a usize.
-            self.permits.add_permits(n as usize);
-        }
+        super::local::give_back(self, n);
     }
 
     /// Registers a handle's counters for the gauges.
