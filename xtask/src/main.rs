@@ -4,7 +4,8 @@
 //!   included), rustdoc, the runtime-free check of connman-core, the loom models, a 5 s run of each fuzz target and a
 //!   quick smoke run of the benchmarks.
 //! * `cargo xtask demo [--seconds N]`: the flaky-network demo (the README's first command).
-//! * `cargo xtask bench [--quick] [NAME]`: the benchmarks against their peers; writes `BENCHMARKS.md`.
+//! * `cargo xtask bench [--quick] [--no-write] [NAME]`: the benchmarks against their peers; a full run of every
+//!   scenario writes `BENCHMARKS.md`, a quick or filtered one only prints.
 //! * `cargo xtask fuzz [--seconds N] [--sanitizer address] [TARGET]`: the fuzz targets of `fuzz/` on the nightly
 //!   toolchain (10 s each by default); `--sanitizer address` is the long mode with AddressSanitizer (60 s each).
 //! * `cargo xtask sim [--seeds N] [--first K] [--threads T] [--release] [--tcp | --ws]`: the simulated-network tests
@@ -39,7 +40,7 @@ fn main() -> ExitCode {
         Some("soak") => soak::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | demo [--seconds N] | bench [--quick] [NAME] | fuzz [--seconds N] [--sanitizer address] [TARGET] | sim [--seeds N] [--first K] [--threads T] [--release] [--tcp | --ws] | soak [--connections N] [--stacks N] [--ws N] [--seconds S] [--bounce S] [--drain S] [--drain-rate N] | peers | tidy>"
+                "usage: cargo xtask <ci | demo [--seconds N] | bench [--quick] [--no-write] [NAME] | fuzz [--seconds N] [--sanitizer address] [TARGET] | sim [--seeds N] [--first K] [--threads T] [--release] [--tcp | --ws] | soak [--connections N] [--stacks N] [--ws N] [--seconds S] [--bounce S] [--drain S] [--drain-rate N] | peers | tidy>"
             );
             return ExitCode::from(2);
         }
