@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use connman_core::error::BoxError;
 use connman_pool::drain::DrainConfig;
 use connman_tcp::HostPort;
+use connman_tests::window::most_within;
 use connman_tests::ws::CountingServer;
 use connman_ws::client::{Message, WsClient};
 use connman_ws::{AcceptConfig, WsConfig};
@@ -258,7 +259,7 @@ async fn switch(kind: Kind, clients: usize) -> BenchResult<Switched> {
     at.sort();
     let back = at.last().copied().unwrap_or_default();
     let after_drain = back.saturating_sub(drain_took);
-    let peak = peak_in(&at, Duration::from_millis(100));
+    let peak = most_within(&at, Duration::from_millis(100));
 
     // Let every client send a little on the second server, then stop and count.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -284,19 +285,6 @@ async fn switch(kind: Kind, clients: usize) -> BenchResult<Switched> {
         lost,
         failed,
     })
-}
-
-/// The largest number of instants within any `window`.
-fn peak_in(sorted: &[Duration], window: Duration) -> usize {
-    let mut from = 0;
-    let mut peak = 0;
-    for (to, at) in sorted.iter().enumerate() {
-        while *at - sorted[from] >= window {
-            from += 1;
-        }
-        peak = peak.max(to + 1 - from);
-    }
-    peak
 }
 
 async fn wait_until(

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use connman_core::member::{CloseCode, Member};
 use connman_pool::drain::DrainConfig;
 use connman_pool::group::{ChannelMember, ChannelPeer, Frame, Group, channel};
+use connman_tests::window::most_within;
 use futures_util::SinkExt;
 use futures_util::future::join_all;
 use tokio::sync::{broadcast, mpsc};
@@ -200,14 +201,7 @@ impl Drained {
                 0.0f64,
                 |worst, e| if e.abs() > worst.abs() { e } else { worst },
             );
-        let mut max_window = 0;
-        let mut from = 0;
-        for (to, at) in self.closes.iter().enumerate() {
-            while *at - self.closes[from] >= Duration::from_secs(1) {
-                from += 1;
-            }
-            max_window = max_window.max(to + 1 - from);
-        }
+        let max_window = most_within(&self.closes, Duration::from_secs(1));
         // At an even pace of one close every 1/R s, the last one begins (N − 1)/R s after the first.
         let ideal = Duration::from_secs_f64((members - 1) as f64 / rate as f64);
         let error_text = if windows.is_empty() {

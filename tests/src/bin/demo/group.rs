@@ -12,6 +12,7 @@ use connman_core::member::CloseCode;
 use connman_pool::drain::DrainConfig;
 use connman_pool::group::Group;
 use connman_tcp::TcpConnector;
+use connman_tests::window::most_within;
 use connman_tests::ws::{CountingServer, Counts};
 use connman_ws::tungstenite::http::StatusCode;
 use connman_ws::{AcceptConfig, Admission, PeerClose, Received, WsConfig, WsConnector};
@@ -139,17 +140,7 @@ pub(crate) async fn run(clock: Clock, total: Duration) -> Result<Vec<Row>, Strin
         }
     }
     closes.sort();
-    let max_window = closes
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            closes[i..]
-                .iter()
-                .take_while(|u| **u < *t + Duration::from_secs(1))
-                .count()
-        })
-        .max()
-        .unwrap_or(0);
+    let max_window = most_within(&closes, Duration::from_secs(1));
     let spread = match (closes.first(), closes.last()) {
         (Some(a), Some(b)) => *b - *a,
         _ => Duration::ZERO,

@@ -14,6 +14,7 @@ use std::time::Duration;
 use connman_core::error::{BoxError, MaybeDelivered, NotSent};
 use connman_pool::drain::DrainConfig;
 use connman_tcp::HostPort;
+use connman_tests::window::most_within;
 use connman_tests::ws::CountingServer;
 use connman_ws::client::{ClientEvent, CloseAction, Message, WsClient};
 use connman_ws::{AcceptConfig, WsConfig};
@@ -100,7 +101,7 @@ pub(crate) async fn run(clock: Clock, total: Duration) -> Result<Vec<Row>, Strin
         .collect();
     back.sort();
     let last = back.last().copied().unwrap_or_default();
-    let peak = peak_in(&back, Duration::from_millis(100));
+    let peak = most_within(&back, Duration::from_millis(100));
     // A line per 500 ms of how many came back, to show the spread.
     let mut spread = String::new();
     for slot in 0..=(last.as_millis() / 500) {
@@ -138,19 +139,6 @@ pub(crate) async fn run(clock: Clock, total: Duration) -> Result<Vec<Row>, Strin
         last.as_secs_f64()
     );
     Ok(vec![row])
-}
-
-/// The largest number of instants within any `window`.
-fn peak_in(sorted: &[Duration], window: Duration) -> usize {
-    let mut from = 0;
-    let mut peak = 0;
-    for (to, at) in sorted.iter().enumerate() {
-        while *at - sorted[from] >= window {
-            from += 1;
-        }
-        peak = peak.max(to + 1 - from);
-    }
-    peak
 }
 
 async fn client(
