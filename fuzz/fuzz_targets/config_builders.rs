@@ -9,20 +9,18 @@
 #![no_main]
 
 use std::future::{Ready, poll_fn, ready};
-use std::io;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use connman_core::error::BoxError;
 use connman_core::member::CloseCode;
-use connman_fuzz::{ScriptedServer, run};
+use connman_fuzz::{ScriptedServer, Transport, run};
 use connman_pool::drain::DrainConfig;
 use connman_pool::group::{Group, channel};
 use connman_queue::heartbeat::{HeartbeatConfig, HeartbeatLayer};
 use connman_queue::queue::{Queue, QueueConfig};
 use connman_queue::reconnect::ReconnectConfig;
-use connman_tcp::HostPort;
 use connman_ws::{MessageKind, WsClient, WsConfig, WsConnector};
 use futures_util::StreamExt;
 use libfuzzer_sys::fuzz_target;
@@ -423,27 +421,6 @@ fuzz_target!(|builder: Builder| {
         }
     }
 });
-
-/// A transport that hands out one scripted server, then refuses every later connect.
-struct Transport(Option<ScriptedServer>);
-
-impl Service<HostPort> for Transport {
-    type Response = ScriptedServer;
-    type Error = io::Error;
-    type Future = Ready<io::Result<ScriptedServer>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: HostPort) -> Self::Future {
-        ready(
-            self.0
-                .take()
-                .ok_or_else(|| io::ErrorKind::ConnectionRefused.into()),
-        )
-    }
-}
 
 /// A link that answers every request with itself.
 #[derive(Debug, Clone, Copy)]

@@ -9,17 +9,14 @@
 //! send after its end fails with a typed error. Nothing panics and nothing hangs.
 #![no_main]
 
-use std::future::{Ready, poll_fn, ready};
-use std::io;
-use std::task::{Context, Poll};
+use std::future::poll_fn;
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use connman_core::error::{BoxError, Closed, LinkLost, NotSent};
 use connman_core::lifecycle::FailureKind;
-use connman_fuzz::{Frame, ScriptedServer, run};
+use connman_fuzz::{Frame, ScriptedServer, Transport, run};
 use connman_queue::reconnect::FatalConnect;
-use connman_tcp::HostPort;
 use connman_ws::client::ClosedByPeer;
 use connman_ws::error::{InvalidUtf8, MessageTooBig, PongTimeout, ProtocolViolation};
 use connman_ws::{Received, WsClient, WsConfig, WsConnector};
@@ -47,27 +44,6 @@ struct Input {
     /// Cut the server's bytes here (the connection ends mid-frame).
     cut: Option<u16>,
     script: Vec<u8>,
-}
-
-/// A transport that hands out one scripted server, then refuses every later connect.
-struct Transport(Option<ScriptedServer>);
-
-impl Service<HostPort> for Transport {
-    type Response = ScriptedServer;
-    type Error = io::Error;
-    type Future = Ready<io::Result<ScriptedServer>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: HostPort) -> Self::Future {
-        ready(
-            self.0
-                .take()
-                .ok_or_else(|| io::ErrorKind::ConnectionRefused.into()),
-        )
-    }
 }
 
 /// Whether a read error is one of the typed errors the receiver documents.

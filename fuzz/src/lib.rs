@@ -289,3 +289,25 @@ pub fn run<F: Future>(scenario: F) -> F::Output {
         }
     })
 }
+
+/// A transport that hands out one scripted server, then refuses every later connect.
+#[derive(Debug)]
+pub struct Transport(pub Option<ScriptedServer>);
+
+impl tower_service::Service<connman_tcp::HostPort> for Transport {
+    type Response = ScriptedServer;
+    type Error = io::Error;
+    type Future = std::future::Ready<io::Result<ScriptedServer>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: connman_tcp::HostPort) -> Self::Future {
+        std::future::ready(
+            self.0
+                .take()
+                .ok_or_else(|| io::ErrorKind::ConnectionRefused.into()),
+        )
+    }
+}
