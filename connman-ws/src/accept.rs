@@ -280,6 +280,15 @@ pub async fn accept<IO>(io: IO, config: &AcceptConfig) -> Result<WsConnection<IO
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
+    // The handshake's state (about 2 KB) lives on the heap while it runs: a task that accepts and then serves the
+    // connection would otherwise carry it in its own future for the connection's whole life.
+    Box::pin(handshake(io, config)).await
+}
+
+async fn handshake<IO>(io: IO, config: &AcceptConfig) -> Result<WsConnection<IO>, BoxError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
     let mut decided: Option<(Decision, Target)> = None;
     let mut refused: Option<StatusCode> = None;
     // The error type is tungstenite's `ErrorResponse`, fixed by its `Callback` trait.

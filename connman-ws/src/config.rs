@@ -54,9 +54,11 @@ pub struct WsConfig {
 }
 
 impl WsConfig {
-    /// Read buffer per connection: 4 KiB. tungstenite's 128 KiB costs 137 KB per idle connection; 4 KiB brings it to
-    /// about 6.6 KB.
-    pub const DEFAULT_READ_BUFFER_SIZE: usize = 4 * 1024;
+    /// Read buffer per connection: 1 KiB, allocated when the connection opens and kept while it lives (tungstenite's
+    /// 128 KiB costs 137 KB per idle connection; with 1 KiB an idle connection in a `Group` costs about 5 KB). One read
+    /// from the socket takes at most this much, so a service that receives large messages reads them in more calls:
+    /// raise it with [`WsConfigBuilder::read_buffer_size`] there.
+    pub const DEFAULT_READ_BUFFER_SIZE: usize = 1024;
     /// Bytes gathered before a write to the socket: 16 KiB (tungstenite: 128 KiB). A flush always writes everything.
     pub const DEFAULT_WRITE_BUFFER_SIZE: usize = 16 * 1024;
     /// Most bytes the write buffer may hold while the socket is not taking them: 4 MiB (tungstenite: unlimited).

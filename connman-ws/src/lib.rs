@@ -16,7 +16,7 @@
 //!   turns newcomers away with 4200 during a drain.
 //! * TLS (`wss://`): [`accept`] takes any IO, so a `tokio_rustls::server::TlsStream` too; [`WsConnector`] over
 //!   connman-tcp's `TlsConnector` speaks `wss://`.
-//! * [`WsConfig`]: a 4 KiB read buffer instead of tungstenite's 128 KiB, a bounded write buffer, a 1 MiB message
+//! * [`WsConfig`]: a 1 KiB read buffer instead of tungstenite's 128 KiB, a bounded write buffer, a 1 MiB message
 //!   limit (closing with 1009), a ping/pong heartbeat (closing with 4201), and finite handshake and close timeouts.
 //!
 //! A connection that misbehaves (a message over the limit, invalid UTF-8 in a text message, a protocol violation, a

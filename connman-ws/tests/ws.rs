@@ -448,7 +448,7 @@ async fn a_peer_that_vanishes_gives_link_lost_or_an_end() {
 #[test]
 fn defaults_are_small_and_finite() {
     let c = WsConfig::default();
-    assert_eq!(c.read_buffer_size(), 4 * 1024);
+    assert_eq!(c.read_buffer_size(), 1024);
     assert!(c.max_write_buffer_size() > c.write_buffer_size());
     assert_eq!(c.max_message_size(), 1024 * 1024);
     let (interval, timeout) = c.heartbeat().unwrap();
@@ -472,6 +472,37 @@ fn invalid_settings_are_rejected() {
         let err: InvalidConfig = builder.build().unwrap_err();
         assert!(!err.reason().is_empty());
     }
+}
+
+/// The default read buffer is small (1 KiB, so that an idle connection costs little), and a read takes at most that
+/// much: a message near the size limit still arrives whole, and the next one after it.
+#[tokio::test]
+async fn a_message_far_larger_than_the_read_buffer_arrives_whole() {
+    let (mut client, server) = raw_pair(AcceptConfig::new(WsConfig::default())).await;
+    let (_member, mut incoming) = server.split();
+    let big: Vec<u8> = (0..900 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let sent = big.clone();
+    let writer = tokio::spawn(async move {
+        client.send(Message::binary(sent)).await.unwrap();
+        client.send(Message::binary(vec![1u8; 3])).await.unwrap();
+        client
+    });
+    let first = timeout(Duration::from_secs(10), incoming.next())
+        .await
+        .expect("in time")
+        .expect("a message")
+        .expect("no error");
+    assert_eq!(first.into_bytes().expect("binary"), Bytes::from(big));
+    let second = timeout(Duration::from_secs(10), incoming.next())
+        .await
+        .expect("in time")
+        .expect("a message")
+        .expect("no error");
+    assert_eq!(
+        second.into_bytes().expect("binary"),
+        Bytes::from(vec![1u8; 3])
+    );
+    let _client = writer.await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]

@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::{Arc, Weak};
 use std::task::Poll;
 
@@ -14,7 +14,7 @@ use bytes::Bytes;
 use connman_core::error::BoxError;
 use connman_core::member::{CloseCode, Member};
 use futures_util::SinkExt;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::{Instant, Sleep, sleep_until};
 
 use connman_core::rt::tokio::later;
 
@@ -198,18 +198,24 @@ async fn guarded<F: Future>(slot: &Slot, fut: F) -> Option<F::Output> {
     if let Poll::Ready(out) = poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
         return Some(out);
     }
+    // The close deadline's timer, boxed: it is rarely needed, and a timer held inline would sit in the writer's
+    // future (and so in the memory of every member) for the member's whole life.
+    let mut bound: Option<Pin<Box<Sleep>>> = None;
     loop {
-        let deadline = match slot.phase() {
-            Phase::Open => None,
-            Phase::Closing { deadline, .. } => Some(deadline),
+        match slot.phase() {
+            Phase::Open => bound = None,
+            Phase::Closing { deadline, .. } => match &mut bound {
+                Some(sleep) if sleep.deadline() == deadline => {}
+                _ => bound = Some(Box::pin(sleep_until(deadline))),
+            },
             Phase::Detached => return None,
-        };
+        }
         tokio::select! {
             biased;
             out = &mut fut => return Some(out),
             // A new message or a phase change: look at the phase again.
             () = slot.wake.notified() => {}
-            () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => return None,
+            () = async { if let Some(sleep) = &mut bound { sleep.as_mut().await } }, if bound.is_some() => return None,
         }
     }
 }
