@@ -31,7 +31,7 @@ pub(crate) const SCENARIO: Scenario = Scenario {
     method: "Two processes on loopback: the bench holds N tokio-tungstenite clients that answer pings and send \
              nothing; a server process of its own (the same binary, run again) accepts them and reports its RSS \
              (VmRSS) once it holds them all, against its RSS after binding; the figure is the difference divided by \
-             N. **Ours**: `connman_ws::accept` (default `WsConfig`: 4 KiB read buffer, ping every 25 s), `split`, \
+             N. **Ours**: `connman_ws::accept` (default `WsConfig`: 1 KiB read buffer, ping every 25 s), `split`, \
              every member in one `Group` namespace, a task reading each receiver. **Tuned peer**: \
              `tokio_tungstenite::accept_async_with_config` with a 4 KiB read buffer and 16 KiB write buffer, one \
              task per connection that reads and pings on a `tokio::time::interval` of 25 s. **Default peer**: the \

@@ -36,7 +36,9 @@ pub(crate) const SCENARIO: Scenario = Scenario {
              message, and `Group::broadcast_many` once per burst in a row of its own, \
              the peer is a `tokio::sync::broadcast<Bytes>` channel with one task per member that feeds the same \
              kind of channel member until the channel is empty, then flushes once; the figure is deliveries per \
-             second.",
+             second. **Ceiling** (the reference column): the least work any fan-out can do with these members, with \
+             no queue: one task per member woken once per burst feeds the 64 messages and flushes once, or the \
+             publisher's own loop feeds every member (no task at all); each round takes the faster of the two.",
     run,
 };
 
@@ -71,10 +73,14 @@ fn run(mode: Mode) -> BenchResult<Vec<Row>> {
         let (members, bursts) = (1_000, mode.pick(5, 40));
         let mut fan_out = Pairs::default();
         let mut fan_out_many = Pairs::default();
+        let mut ceiling = Pairs::default();
         for _ in 0..mode.rounds() {
             let o = tokio::time::timeout(bound, broadcast_ours(members, bursts, false)).await??;
             let m = tokio::time::timeout(bound, broadcast_ours(members, bursts, true)).await??;
             let p = tokio::time::timeout(bound, broadcast_peer(members, bursts)).await??;
+            let c = tokio::time::timeout(bound, ceiling_tasks(members, bursts)).await??;
+            let c = c.max(tokio::time::timeout(bound, ceiling_inline(members, bursts)).await??);
+            ceiling.push(c, p);
             fan_out.push(o, p);
             fan_out_many.push(m, p);
         }
@@ -82,19 +88,22 @@ fn run(mode: Mode) -> BenchResult<Vec<Row>> {
             format!("B8 broadcast to {members} channel members"),
             "Group::broadcast",
             &fan_out,
+            &ceiling,
         ));
         rows.push(broadcast_row(
             format!("B8 broadcast bursts to {members} channel members, one call per burst"),
             "Group::broadcast_many",
             &fan_out_many,
+            &ceiling,
         ));
         Ok(rows)
     })
 }
 
 /// A row of the broadcast test: `ours` against the tokio broadcast fan-out, in deliveries per second.
-fn broadcast_row(scenario: String, ours: &str, pairs: &Pairs) -> Row {
+fn broadcast_row(scenario: String, ours: &str, pairs: &Pairs, ceiling: &Pairs) -> Row {
     let ratio = Stats::of(&pairs.ratios(Better::Higher));
+    let reach = Stats::of(&ceiling.ratios(Better::Higher)).map_or(f64::NAN, |s| s.median);
     Row {
         scenario,
         ours: format!("{ours}: {} deliveries", fmt_rate(pairs.ours_median())),
@@ -103,7 +112,10 @@ fn broadcast_row(scenario: String, ours: &str, pairs: &Pairs) -> Row {
             fmt_rate(pairs.peer_median())
         ),
         ratio,
-        reference: String::new(),
+        reference: format!(
+            "ceiling (no queue, one wake or none per member per burst): {} deliveries, {reach:.2}× the peer",
+            fmt_rate(ceiling.ours_median())
+        ),
         target: "≥ 1.5×".to_owned(),
         met: Some(ratio.is_some_and(|r| r.median >= 1.5)),
     }
@@ -367,6 +379,79 @@ async fn broadcast_peer(members: usize, bursts: usize) -> BenchResult<f64> {
         joined.map_err(|e| BenchError::new(format!("a writer failed: {e}")))??;
     }
     Ok((members * bursts * BURST) as f64 / elapsed.as_secs_f64())
+}
+
+/// The ceiling with a task per member: each is woken once per burst and feeds the burst, then flushes once.
+async fn ceiling_tasks(members: usize, bursts: usize) -> BenchResult<f64> {
+    let (ack_tx, mut acks) = mpsc::channel(members);
+    let mut readers = JoinSet::new();
+    let mut writers = JoinSet::new();
+    let mut wakes = Vec::with_capacity(members);
+    for _ in 0..members {
+        let (mut member, peer) = channel(BURST);
+        let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+        wakes.push(wake.clone());
+        writers.spawn(async move {
+            let msg = message();
+            for _ in 0..bursts {
+                wake.notified().await;
+                for _ in 0..BURST {
+                    member
+                        .feed(msg.clone())
+                        .await
+                        .map_err(|e| BenchError::new(format!("feed: {e}")))?;
+                }
+                member
+                    .flush()
+                    .await
+                    .map_err(|e| BenchError::new(format!("flush: {e}")))?;
+            }
+            Ok::<(), BenchError>(())
+        });
+        readers.spawn(count(peer, bursts, ack_tx.clone()));
+    }
+    let started = Instant::now();
+    for _ in 0..bursts {
+        for wake in &wakes {
+            wake.notify_one();
+        }
+        burst_done(&mut acks, &mut readers, members).await?;
+    }
+    let elapsed = started.elapsed();
+    while let Some(joined) = writers.join_next().await {
+        joined.map_err(|e| BenchError::new(format!("a writer failed: {e}")))??;
+    }
+    Ok((members * bursts * BURST) as f64 / elapsed.as_secs_f64())
+}
+
+/// The ceiling with no task: the publisher feeds every member the burst, then flushes it once.
+async fn ceiling_inline(members: usize, bursts: usize) -> BenchResult<f64> {
+    let (ack_tx, mut acks) = mpsc::channel(members);
+    let mut readers = JoinSet::new();
+    let mut held = Vec::with_capacity(members);
+    for _ in 0..members {
+        let (member, peer) = channel(BURST);
+        held.push(member);
+        readers.spawn(count(peer, bursts, ack_tx.clone()));
+    }
+    let msg = message();
+    let started = Instant::now();
+    for _ in 0..bursts {
+        for member in &mut held {
+            for _ in 0..BURST {
+                member
+                    .feed(msg.clone())
+                    .await
+                    .map_err(|e| BenchError::new(format!("feed: {e}")))?;
+            }
+            member
+                .flush()
+                .await
+                .map_err(|e| BenchError::new(format!("flush: {e}")))?;
+        }
+        burst_done(&mut acks, &mut readers, members).await?;
+    }
+    Ok((members * bursts * BURST) as f64 / started.elapsed().as_secs_f64())
 }
 
 /// The peer's per-member task: feed what the channel holds, then flush once.
