@@ -235,6 +235,82 @@ async fn ws_09_written_then_lost_is_maybe_delivered_and_never_written_is_replaye
     assert!(stats.replayed >= 1);
 }
 
+/// A socket the server closed is never handed another send, even before the client's driver has seen the close:
+/// each such send would come back unsent and be replayed, and a burst of them used up a send's replays in
+/// microseconds (seen as `NotSent` around server restarts in the soak).
+#[tokio::test(start_paused = true)]
+async fn ws_09_a_send_after_the_server_closed_never_goes_to_the_dead_socket() {
+    let (mut net, transport) = Net::new();
+    let (mut client, _incoming) = Net::client(transport)
+        .come_back_within(Duration::from_millis(100))
+        .build()
+        .expect("client");
+    let mut events = client.events();
+    let mut state = client.state();
+    let conn = net.accept().await;
+    wait_up(&mut state).await;
+
+    // In a task of its own, so that it runs in the order it was woken among the client's tasks.
+    let sender = tokio::spawn(async move {
+        conn.close(1012, "restarting");
+        // The reader saw the close and ended the socket; the client's driver, woken after this task, has not run.
+        next_event(&mut events, |e| {
+            matches!(e, ClientEvent::PeerClosed { .. }).then_some(())
+        })
+        .await;
+        let sent = client
+            .ready()
+            .await
+            .expect("ready")
+            .call(Message::from("after"));
+        (client, sent)
+    });
+    let (client, sent) = sender.await.expect("sender");
+    let mut again = net.accept().await;
+    tokio::time::timeout(HOUR, sent)
+        .await
+        .expect("answered")
+        .expect("sent on the next socket");
+    assert_eq!(again.next().await, Some(Seen::Text("after".into())));
+    assert_eq!(
+        client.stats().replayed,
+        0,
+        "the send went to the closed socket: {:?}",
+        client.stats()
+    );
+}
+
+/// A send made while the client closes fails with `Closed`, as the docs say, and never goes to the socket whose
+/// close frame is written (where it would come back unsent and be replayed at once until its replays ran out).
+#[tokio::test(start_paused = true)]
+async fn ws_09_a_send_during_the_close_is_closed_and_never_replayed() {
+    let (mut net, transport) = Net::new();
+    // A server that never reads, so never answers the close: the close lasts its whole timeout.
+    net.set_mode(Mode::Stall);
+    let (mut client, _incoming) = Net::client(transport).build().expect("client");
+    let mut state = client.state();
+    let _conn = net.accept().await;
+    wait_up(&mut state).await;
+
+    let closing = client.clone();
+    let closer = tokio::spawn(async move { closing.close().await });
+    // The close frame is handed to the writer and written; the server's answer never comes.
+    settle(Duration::from_millis(10)).await;
+    let sent = client
+        .ready()
+        .await
+        .expect("ready")
+        .call(Message::from("late"));
+    let outcome = tokio::time::timeout(HOUR, sent).await.expect("answered");
+    let err = outcome.expect_err("the client closed");
+    assert!(err.is::<Closed>(), "{err}");
+    assert_eq!(client.stats().replayed, 0, "{:?}", client.stats());
+    tokio::time::timeout(HOUR, closer)
+        .await
+        .expect("closed in time")
+        .expect("closer");
+}
+
 #[tokio::test(start_paused = true)]
 async fn ws_09_a_full_queue_is_backpressure_or_a_typed_rejection() {
     let (net, transport) = Net::new();

@@ -251,7 +251,7 @@ impl Control {
 
     /// Whether requests may go straight to the reconnecting service now; registers the queue's worker otherwise.
     pub(crate) fn poll_up(&self, cx: &mut std::task::Context<'_>) -> bool {
-        if self.up.load(Ordering::Acquire) {
+        if self.is_up() {
             return true;
         }
         {
@@ -266,7 +266,19 @@ impl Control {
                 waiting.push(cx.waker().clone());
             }
         }
+        self.is_up()
+    }
+
+    /// Up, not closing, and its socket has not ended. The driver marks the client down only when it runs, after the
+    /// socket's end; until then a send handed to the ended socket (or to one whose close frame is written) would come
+    /// back unsent and be replayed at once, again and again, using up its replays. The driver's `set_up(true)` for
+    /// the next socket wakes the waiting tasks; a close ends the client, which fails what waits with `Closed`.
+    fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
+            && !self.closing.load(Ordering::Acquire)
+            && lock(&self.current)
+                .as_ref()
+                .is_none_or(|link| !link.is_dead())
     }
 
     fn wake_waiting(&self) {

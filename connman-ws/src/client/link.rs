@@ -190,6 +190,11 @@ impl LinkHandle {
         self.state.dead.clone()
     }
 
+    /// Whether the socket has ended.
+    pub(crate) fn is_dead(&self) -> bool {
+        self.state.dead.is_cancelled()
+    }
+
     pub(crate) async fn ping(&self) -> Result<Duration, BoxError> {
         if self.state.dead.is_cancelled() {
             return Err(NotConnected::new().into());
