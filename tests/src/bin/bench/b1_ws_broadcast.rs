@@ -175,30 +175,27 @@ async fn fan_out(kind: Server, clients: usize, bursts: usize) -> BenchResult<f64
                     .map_err(|e| err("group add")(e.reason().to_string()))?;
                 server_tasks.spawn(async move { while let Some(Ok(_)) = incoming.next().await {} });
             }
-            Server::Ceiling => {
+            peer => {
                 let ws = tokio_tungstenite::accept_async(tcp)
                     .await
                     .map_err(|e| err("accept ws")(e.to_string()))?;
-                let wake = Arc::new(Notify::new());
-                wakes.push(wake.clone());
-                server_tasks.spawn(write_bursts(ws, wake, encoded.clone()));
-            }
-            Server::CeilingInline => {
-                let ws = tokio_tungstenite::accept_async(tcp)
-                    .await
-                    .map_err(|e| err("accept ws")(e.to_string()))?;
-                raw.push(ws);
-            }
-            Server::FeedFlush | Server::Naive => {
-                let ws = tokio_tungstenite::accept_async(tcp)
-                    .await
-                    .map_err(|e| err("accept ws")(e.to_string()))?;
-                let (sink, mut stream) = ws.split();
-                server_tasks.spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
-                if let Server::FeedFlush = kind {
-                    server_tasks.spawn(feed(tx.subscribe(), sink));
-                } else {
-                    sinks.push(sink);
+                match peer {
+                    Server::Ceiling => {
+                        let wake = Arc::new(Notify::new());
+                        wakes.push(wake.clone());
+                        server_tasks.spawn(write_bursts(ws, wake, encoded.clone()));
+                    }
+                    Server::CeilingInline => raw.push(ws),
+                    _ => {
+                        let (sink, mut stream) = ws.split();
+                        server_tasks
+                            .spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+                        if let Server::FeedFlush = peer {
+                            server_tasks.spawn(feed(tx.subscribe(), sink));
+                        } else {
+                            sinks.push(sink);
+                        }
+                    }
                 }
             }
         }

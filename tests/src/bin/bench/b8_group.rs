@@ -381,6 +381,20 @@ async fn broadcast_peer(members: usize, bursts: usize) -> BenchResult<f64> {
     Ok((members * bursts * BURST) as f64 / elapsed.as_secs_f64())
 }
 
+/// Feeds one burst of `msg` to `member`, then flushes it once: the whole of a ceiling's work per member and burst.
+async fn feed_burst(member: &mut ChannelMember, msg: &Bytes) -> BenchResult<()> {
+    for _ in 0..BURST {
+        member
+            .feed(msg.clone())
+            .await
+            .map_err(|e| BenchError::new(format!("feed: {e}")))?;
+    }
+    member
+        .flush()
+        .await
+        .map_err(|e| BenchError::new(format!("flush: {e}")))
+}
+
 /// The ceiling with a task per member: each is woken once per burst and feeds the burst, then flushes once.
 async fn ceiling_tasks(members: usize, bursts: usize) -> BenchResult<f64> {
     let (ack_tx, mut acks) = mpsc::channel(members);
@@ -395,16 +409,7 @@ async fn ceiling_tasks(members: usize, bursts: usize) -> BenchResult<f64> {
             let msg = message();
             for _ in 0..bursts {
                 wake.notified().await;
-                for _ in 0..BURST {
-                    member
-                        .feed(msg.clone())
-                        .await
-                        .map_err(|e| BenchError::new(format!("feed: {e}")))?;
-                }
-                member
-                    .flush()
-                    .await
-                    .map_err(|e| BenchError::new(format!("flush: {e}")))?;
+                feed_burst(&mut member, &msg).await?;
             }
             Ok::<(), BenchError>(())
         });
@@ -438,16 +443,7 @@ async fn ceiling_inline(members: usize, bursts: usize) -> BenchResult<f64> {
     let started = Instant::now();
     for _ in 0..bursts {
         for member in &mut held {
-            for _ in 0..BURST {
-                member
-                    .feed(msg.clone())
-                    .await
-                    .map_err(|e| BenchError::new(format!("feed: {e}")))?;
-            }
-            member
-                .flush()
-                .await
-                .map_err(|e| BenchError::new(format!("flush: {e}")))?;
+            feed_burst(member, &msg).await?;
         }
         burst_done(&mut acks, &mut readers, members).await?;
     }
